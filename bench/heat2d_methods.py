@@ -27,6 +27,7 @@ from pinnctl.problem import compile_problem, load_reference
 
 METHODS = {
     "nhgd": ("nhgd", {}),
+    "nhgd-every5": ("nhgd", {"every": 5}),
     "broyden-bpn": ("broyden", {"variant": "bpn"}),
     "broyden-fast": ("broyden", {"variant": "fast"}),
     "neumann": ("neumann", {"terms": 20}),

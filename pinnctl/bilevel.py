@@ -127,55 +127,129 @@ def _terms(problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> dict
         return {k: float(x) for k, x in problem.inner_terms(theta.detach(), v, problem.sample(step)).items()}
 
 
+def snapshot(k: int, v: Tensor, outer_opt: torch.optim.Optimizer, state: InnerState, estimator: Estimator,
+             elapsed: float, pretrain_time: float) -> dict[str, Any]:
+    """Everything needed to continue after ``k`` completed outer steps (deep copies: the
+    optimisers update their state tensors in place)."""
+    import copy
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    return {
+        "outer_step": k,
+        "v": v.detach().clone(),
+        "outer_optimizer": copy.deepcopy(outer_opt.state_dict()),
+        "theta": state.theta.detach().clone(),
+        "inner_optimizer": copy.deepcopy(state.optimizer.state_dict()),
+        "inner_step": state.step,
+        "inner_first_loss": state.first_loss,
+        "estimator": copy.deepcopy(estimator.state_dict()),
+        "elapsed": elapsed,
+        "pretrain_time": pretrain_time,
+        "rng": {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]},
+    }
+
+
+def _restore_rng(rng: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(rng["torch"])
+    name, key, *rest = rng["numpy"]
+    np.random.set_state((name, key.numpy(), *rest))
+
+
 def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg, inner: InnerCfg, outer: OuterCfg,
         certify_every: int = 1, callback: Callable[[OuterRecord], None] | None = None,
-        pretrain_progress: Callable[[int, float], None] | None = None) -> RunResult:
-    """Algorithm 1. ``callback`` receives one record per outer step (logging, run files)."""
+        pretrain_progress: Callable[[int, float], None] | None = None,
+        resume: dict[str, Any] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint_every: int = 0) -> RunResult:
+    """Algorithm 1. ``callback`` receives one record per outer step (logging, run files).
+
+    ``checkpoint`` receives a snapshot (see ``snapshot``) after pretraining, every
+    ``checkpoint_every`` outer steps, after the last one, and, when the run is interrupted
+    (Ctrl-C) or diverges, the snapshot of the last completed step, which is still good.
+    ``resume`` is such a snapshot: the run continues from it to the same numbers as an
+    uninterrupted run (the returned history then holds only the new steps).
+    """
     v = problem.v0.detach().clone().requires_grad_(True)
     outer_opt = make_optimizer(outer.optimizer, v, outer.lr)
-    start = time.perf_counter()
-    state = InnerState.create(problem.theta0, pretrain)
-    train_state(problem, state, v.detach(), pretrain.steps, pretrain_progress)
-    pretrain_time = time.perf_counter() - start
-    state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr)
+    if resume is None:
+        start = time.perf_counter()
+        state = InnerState.create(problem.theta0, pretrain)
+        train_state(problem, state, v.detach(), pretrain.steps, pretrain_progress)
+        pretrain_time = time.perf_counter() - start
+        state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr)
+        first = 0
+    else:
+        with torch.no_grad():
+            v.copy_(resume["v"])
+        outer_opt.load_state_dict(resume["outer_optimizer"])
+        state = InnerState.create(resume["theta"], inner, inner.optimizer)
+        state.optimizer.load_state_dict(resume["inner_optimizer"])
+        state.step, state.first_loss = int(resume["inner_step"]), resume["inner_first_loss"]
+        estimator.load_state_dict(resume["estimator"])
+        _restore_rng(resume["rng"])
+        pretrain_time, first = float(resume["pretrain_time"]), int(resume["outer_step"])
+        start = time.perf_counter() - float(resume["elapsed"])
+    last_good = snapshot(first, v, outer_opt, state, estimator, time.perf_counter() - start, pretrain_time)
+    if checkpoint is not None and resume is None:
+        checkpoint(last_good)
     history: list[OuterRecord] = []
-    for k in range(outer.steps):
-        t_inner = t_curv = 0.0
-        v_fixed = v.detach()
-        for _ in range(inner.steps):
-            t0 = time.perf_counter()
-            info = inner_step(problem, state, v_fixed, inner.radius)
-            t1 = time.perf_counter()
-            estimator.observe(estimator.collect(problem, info))
-            t_inner += t1 - t0
-            t_curv += time.perf_counter() - t1
-        t0 = time.perf_counter()
-        h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
-        t_hyper = time.perf_counter() - t0
-        hnorm = float(h.norm())
-        check_finite(hnorm, f"hypergradient norm at outer step {k}")
-        if outer.clip > 0:
-            h = h.clamp(-outer.clip, outer.clip)
-        outer_opt.zero_grad(set_to_none=True)
-        v.grad = h.to(v.dtype)
-        outer_opt.step()
-        certified = {}
-        if problem.certify is not None and certify_every > 0 and ((k + 1) % certify_every == 0 or k == outer.steps - 1):
-            certified = problem.certify(v.detach())
-        outer_loss = hinfo.pop("outer_loss", None)
-        record = OuterRecord(
-            step=k,
-            outer_loss=float(outer_loss) if outer_loss is not None else float(problem.outer_loss(state.theta.detach(), v_fixed)),
-            certified=certified,
-            inner_terms=_terms(problem, state.theta, v_fixed, state.step - 1),
-            hypergrad_norm=hnorm,
-            inner_time=t_inner,
-            curvature_time=t_curv,
-            hypergrad_time=t_hyper,
-            wall_time=time.perf_counter() - start,
-            info=hinfo,
-        )
-        history.append(record)
-        if callback is not None:
-            callback(record)
+    try:
+        for k in range(first, outer.steps):
+            record = _outer_step(problem, estimator, state, v, outer_opt, k, inner, outer, certify_every, start)
+            history.append(record)
+            if callback is not None:
+                callback(record)
+            last_good = snapshot(k + 1, v, outer_opt, state, estimator, record.wall_time, pretrain_time)
+            if checkpoint is not None and ((checkpoint_every > 0 and (k + 1) % checkpoint_every == 0) or k == outer.steps - 1):
+                checkpoint(last_good)
+    except (KeyboardInterrupt, DivergenceError):
+        if checkpoint is not None:
+            checkpoint(last_good)
+        raise
     return RunResult(theta=state.theta.detach(), v=v.detach(), history=history, pretrain_time=pretrain_time)
+
+
+def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState, v: Tensor,
+                outer_opt: torch.optim.Optimizer, k: int, inner: InnerCfg, outer: OuterCfg, certify_every: int,
+                start: float) -> OuterRecord:
+    """T inner steps feeding the estimator, the hypergradient, one outer step, the record."""
+    t_inner = t_curv = 0.0
+    v_fixed = v.detach().clone()
+    for _ in range(inner.steps):
+        t0 = time.perf_counter()
+        info = inner_step(problem, state, v_fixed, inner.radius)
+        t1 = time.perf_counter()
+        estimator.observe(estimator.collect(problem, info))
+        t_inner += t1 - t0
+        t_curv += time.perf_counter() - t1
+    t0 = time.perf_counter()
+    h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
+    t_hyper = time.perf_counter() - t0
+    hnorm = float(h.norm())
+    check_finite(hnorm, f"hypergradient norm at outer step {k}")
+    outer_loss = hinfo.pop("outer_loss", None)
+    outer_loss = float(outer_loss) if outer_loss is not None else float(problem.outer_loss(state.theta.detach(), v_fixed))
+    check_finite(outer_loss, f"outer loss at outer step {k}")
+    if outer.clip > 0:
+        h = h.clamp(-outer.clip, outer.clip)
+    outer_opt.zero_grad(set_to_none=True)
+    v.grad = h.to(v.dtype)
+    outer_opt.step()
+    certified = {}
+    if problem.certify is not None and certify_every > 0 and ((k + 1) % certify_every == 0 or k == outer.steps - 1):
+        certified = problem.certify(v.detach())
+    return OuterRecord(
+        step=k,
+        outer_loss=outer_loss,
+        certified=certified,
+        inner_terms=_terms(problem, state.theta, v_fixed, state.step - 1),
+        hypergrad_norm=hnorm,
+        inner_time=t_inner,
+        curvature_time=t_curv,
+        hypergrad_time=t_hyper,
+        wall_time=time.perf_counter() - start,
+        info=hinfo,
+    )

@@ -1,4 +1,4 @@
-"""`pinnctl` command line: list, reference, solve.
+"""`pinnctl` command line: list, reference, solve, compare, plot.
 
 Errors are one line on stderr; usage errors exit with code 2, failed runs with 1.
 """
@@ -143,66 +143,76 @@ def _fmt_record(rec: Any, j_star: float | None) -> str:
     return "  ".join(parts)
 
 
-def _history_writer(out: Path) -> Callable[[Any], None]:
-    """Append one JSON line per outer step, flushed, so a crash or Ctrl-C loses nothing."""
-    path = out / "history.jsonl"
-    path.write_text("")
+def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Path,
+                  resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Algorithm 1 with the run file appended every outer step and atomic checkpoints."""
+    import numpy as np
 
-    def write(rec: Any) -> None:
-        with path.open("a") as fh:
-            fh.write(json.dumps(rec.__dict__, default=float) + "\n")
-
-    return write
-
-
-def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Path) -> dict[str, Any]:
+    from . import checkpoint as ckpt
+    from . import runs
     from .bilevel import run
     from .hypergrad import make_method
     from .problem import compile_problem, load_reference
 
     estimator = make_method(cfg.method.name, cfg.method.options)
     problem = compile_problem(problem_obj, configmod_sampling(cfg), seed=cfg.seed)
-    j_star = None
+    optimum = None
     if problem_obj.reference is not None and problem.certify is not None:
-        j_star = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid").J
-        _print(f"reference optimum (grid measure): J* = {j_star:.6e}", quiet=quiet)
-    progress, close = _pretrain_bar(cfg.pretrain.steps, quiet)
-    write = _history_writer(out)
+        optimum = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid")
+        _print(f"reference optimum (grid measure): J* = {optimum.J:.6e}", quiet=quiet)
+    j_star = optimum.J if optimum is not None else None
+    run_file = out / runs.RUN_FILE
+    if resume is None:
+        runs.create(out, config=configmod.to_dict(cfg), j_star=j_star)
+        if optimum is not None:
+            runs.write_reference(run_file, optimum.t, optimum.f)
+    else:
+        runs.truncate(run_file, int(resume["outer_step"]))
+        runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
+        _print(f"resuming {out} after outer step {resume['outer_step']}", quiet=quiet)
+    progress, close = _pretrain_bar(cfg.pretrain.steps if resume is None else 0, quiet)
 
     def callback(rec: Any) -> None:
-        write(rec)
+        runs.append(run_file, rec)
         _print(_fmt_record(rec, j_star), quiet=quiet)
+
+    def save_state(theta: Any, v: Any) -> None:
+        samples = problem.control_samples(v) if problem.control_samples is not None else None
+        runs.write_state(run_file, theta=theta.cpu().numpy(), v=v.cpu().numpy(), control=samples)
+
+    def checkpoint(snap: dict[str, Any]) -> None:
+        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), **snap})
+        save_state(snap["theta"], snap["v"])
 
     result = run(
         problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
-        callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps),
+        callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps), resume=resume,
+        checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
     )
     close()
-    last = result.history[-1] if result.history else None
+    save_state(result.theta, result.v)
+    history = runs.history_records(runs.read(run_file))
+    last = history[-1] if history else None
     summary: dict[str, Any] = {
-        "final_outer_loss": last.outer_loss if last else None,
-        "certified": last.certified if last else {},
+        "final_outer_loss": last["outer_loss"] if last else None,
+        "certified": last["certified"] if last else {},
         "J_star_grid": j_star,
-        "wall_time_s": last.wall_time if last else result.pretrain_time,
+        "outer_steps": len(history),
+        "wall_time_s": last["wall_time"] if last else result.pretrain_time,
         "pretrain_time_s": result.pretrain_time,
-        "mean_inner_time_s": _mean([r.inner_time for r in result.history]),
-        "mean_curvature_time_s": _mean([r.curvature_time for r in result.history]),
-        "mean_hypergrad_time_s": _mean([r.hypergrad_time for r in result.history]),
-        "history": [r.__dict__ for r in result.history],
     }
-    certified = [r for r in result.history if r.certified]
+    for part in ("inner", "curvature", "hypergrad"):
+        summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
+    certified = [r for r in history if r["certified"]]
     if certified:
-        best = min(certified, key=lambda r: r.certified["grid"])
-        summary["best_certified"] = {"step": best.step, **best.certified}
-    if problem.control_samples is not None:
-        t, f = problem.control_samples(result.v)
-        summary["control"] = {"t": t.tolist(), "f": f.tolist()}
-    if last and last.certified and j_star:
-        jg = last.certified["grid"]
-        _print(f"done: certified J = {jg:.6e} = {jg / j_star:.4f}·J* (grid measure), PINN J = {last.outer_loss:.6e}, "
+        best = min(certified, key=lambda r: r["certified"]["grid"])
+        summary["best_certified"] = {"step": int(best["step"]), **best["certified"]}
+    if last and last["certified"] and j_star:
+        jg = last["certified"]["grid"]
+        _print(f"done: certified J = {jg:.6e} = {jg / j_star:.4f}·J* (grid measure), PINN J = {last['outer_loss']:.6e}, "
                f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     elif last:
-        _print(f"done: PINN J = {last.outer_loss:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
+        _print(f"done: PINN J = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     return summary
 
 
@@ -218,41 +228,74 @@ def _wrap_close(progress: Callable[[int, float], None] | None, close: Callable[[
     return wrapped
 
 
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
+# Non-bilevel solve modes (no outer loop, no run file); everything else is a hypergradient method.
 SOLVE_MODES: dict[str, Callable[[configmod.Config, Any, bool, Path], dict[str, Any]]] = {"forward": solve_forward}
 
 
+def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None]:
+    """A fresh config (preset → TOML → --set), or, with --resume, the run's own config plus --set."""
+    sets = configmod.parse_sets(args.set or [])
+    if args.resume is None:
+        if args.problem is None:
+            raise PinnctlError("solve needs a problem name (or --resume RUN_DIR)")
+        cfg = configmod.resolve(args.preset, args.config, sets, problem=args.problem, seed=args.seed)
+        if args.method is not None:
+            cfg.method.name = args.method
+        return cfg, None
+    from . import checkpoint as ckpt
+    from . import runs
+
+    if args.config or args.seed is not None or args.method is not None:
+        raise PinnctlError("--resume continues a run with its own config; only --set overrides are allowed (e.g. outer.steps)")
+    snap = ckpt.load(Path(args.resume))
+    cfg = configmod.from_dict(runs.read(args.resume)["attrs"]["config"])
+    if args.problem is not None and args.problem != cfg.problem:
+        raise PinnctlError(f"--resume {args.resume} is a run of '{cfg.problem}', not '{args.problem}'")
+    for key, value in sets.items():
+        configmod.set_key(cfg, key, value)
+    return cfg, snap
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
+    from . import runs
     from .discovery import discover
     from .hypergrad import known_methods
 
-    sets = configmod.parse_sets(args.set or [])
-    cfg = configmod.resolve(args.preset, args.config, sets, problem=args.problem, seed=args.seed)
-    if args.method is not None:
-        cfg.method.name = args.method
+    cfg, snap = _resolve_solve_config(args)
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
+    if snap is not None and cfg.method.name in SOLVE_MODES:
+        raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
     problem_obj = discover().get(cfg.problem).build(**cfg.params)
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {args.preset})", quiet=args.quiet)
     _print("config: " + configmod.to_json(cfg), quiet=args.quiet)
-    mode = SOLVE_MODES.get(cfg.method.name, solve_bilevel)
-    out = _run_dir(cfg, args.out)
-    (out / "config.json").write_text(configmod.to_json(cfg))
+    out = Path(args.resume) if snap is not None else _run_dir(cfg, args.out)
+    bilevel = cfg.method.name not in SOLVE_MODES
+    if not bilevel:
+        (out / "config.json").write_text(configmod.to_json(cfg))
     try:
-        summary = mode(cfg, problem_obj, args.quiet, out)
+        if bilevel:
+            summary = solve_bilevel(cfg, problem_obj, args.quiet, out, resume=snap)
+        else:
+            summary = SOLVE_MODES[cfg.method.name](cfg, problem_obj, args.quiet, out)
     except (PinnctlError, KeyboardInterrupt) as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {e}"
-        (out / "summary.json").write_text(json.dumps({"status": status, "config": configmod.to_dict(cfg)}, indent=1))
-        _print(f"run stopped ({status}); per-step history kept in {out / 'history.jsonl'}", quiet=False)
+        from .bilevel import DivergenceError
+
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else ("diverged" if isinstance(e, DivergenceError) else "failed")
+        (out / "summary.json").write_text(json.dumps({"status": status, "error": str(e), "config": configmod.to_dict(cfg)}, indent=1))
+        if bilevel and (out / runs.RUN_FILE).exists():
+            runs.set_status(out / runs.RUN_FILE, status, error=str(e))
+            _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, last good checkpoint in {out / 'checkpoint.pt'} "
+                   f"(continue with: pinnctl solve --resume {out})", quiet=False)
         raise
     summary["status"] = "done"
     summary["config"] = configmod.to_dict(cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    _print(f"results: {out / 'summary.json'}", quiet=args.quiet)
+    if bilevel:
+        runs.set_status(out / runs.RUN_FILE, "done", summary={k: v for k, v in summary.items() if k != "config"})
+    _print(f"results: {out / 'summary.json'}" + (f", {out / runs.RUN_FILE} (plots: pinnctl plot {out})" if bilevel else ""),
+           quiet=args.quiet)
     return 0
 
 
@@ -276,6 +319,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- plot
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -292,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_reference)
 
     sp = sub.add_parser("solve", help="solve a control problem")
-    sp.add_argument("problem")
+    sp.add_argument("problem", nargs="?", help="problem name (optional with --resume)")
     sp.add_argument("--method", help="hypergradient method (nhgd, exact, ...) or 'forward' (fixed control)")
     sp.add_argument("--preset", default="quick", help=f"config preset: {', '.join(configmod.PRESETS)} (default quick)")
     sp.add_argument("--config", help="TOML file with config overrides")
@@ -300,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>)")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
+    sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (--set outer.steps=N to extend)")
     sp.set_defaults(func=cmd_solve)
 
     sp = sub.add_parser("compare", help="table and figure for run directories (certified J vs wall-clock, f vs f*)")
@@ -307,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--target", type=float, default=1.05, help="time to reach certified J <= target*J* (default 1.05)")
     sp.add_argument("--out", help="figure path (default <first run's parent>/compare.png)")
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("plot", help="figures of one run (objective, loss terms, control vs f*, state error)")
+    sp.add_argument("run", help="run directory (runs/...)")
+    sp.set_defaults(func=cmd_plot)
     return p
 
 

@@ -1,7 +1,7 @@
 """Compare finished (or interrupted) runs: a table and a figure against the exact optimum.
 
-A run directory holds ``summary.json`` (when the run finished) and ``history.jsonl``
-(one line per outer step, always). Time to target is the first wall-clock time at which
+A run directory holds ``run.h5`` (``pinnctl.runs``: one history row per outer step,
+appended as the run goes, so crashed and running runs can be compared too). Time to target is the first wall-clock time at which
 the certified J falls to ``target``·J* (grid measure).
 """
 
@@ -28,20 +28,20 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
+    from . import runs
+
     path = Path(path)
-    summary_file, history_file = path / "summary.json", path / "history.jsonl"
-    if not path.is_dir() or not (summary_file.exists() or history_file.exists()):
-        raise PinnctlError(f"{path} is not a run directory (no summary.json or history.jsonl)")
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    history = summary.get("history")
-    if history is None and history_file.exists():
-        history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
-    config = summary.get("config") or (json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {})
+    if not (path / runs.RUN_FILE).exists():
+        raise PinnctlError(f"{path} is not a run directory (no {runs.RUN_FILE})")
+    data = runs.read(path)
+    attrs, arrays = data["attrs"], data["arrays"]
+    config = attrs["config"]
     method = config.get("method", {})
     variant = method.get("options", {}).get("variant") or method.get("options", {}).get("curvature")
     label = f"{method.get('name', path.name)}" + (f"-{variant}" if variant else "")
-    return Run(path=path, label=label, config=config, history=history or [], control=summary.get("control"),
-               j_star=summary.get("J_star_grid"), status=summary.get("status", "running or crashed"))
+    control = {"t": arrays["control/t"].tolist(), "f": arrays["control/f"].tolist()} if "control/t" in arrays else None
+    return Run(path=path, label=label, config=config, history=runs.history_records(data), control=control,
+               j_star=attrs.get("J_star_grid"), status=str(attrs.get("status", "unknown")))
 
 
 def time_to_target(run: Run, j_star: float, target: float) -> float | None:

@@ -64,6 +64,7 @@ class Config:
     device: str = "cpu"
     curvature_device: str = "cpu"
     certify_every: int = 1  # certified J (reference solver) every N outer steps; 0 disables
+    checkpoint_every: int = 10  # atomic checkpoint every N outer steps (and at the end, on Ctrl-C, on divergence)
     params: dict[str, Any] = field(default_factory=dict)  # problem parameters (e.g. nu)
     sampling: SamplingCfg = field(default_factory=SamplingCfg)
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
@@ -178,6 +179,14 @@ def resolve(preset: str = "quick", toml: str | Path | None = None, sets: dict[st
     for layer in layers:
         for key, value in layer.items():
             set_key(cfg, key, value)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A config stored by a run (``to_dict``) back as a Config, checked key by key."""
+    cfg = Config()
+    for key, value in _flatten(data).items():
+        set_key(cfg, key, value)
     return cfg
 
 

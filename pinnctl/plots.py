@@ -1,0 +1,157 @@
+"""`pinnctl plot RUN_DIR`: the figures people look at instead of reading the run file.
+
+Written next to the run file (Agg backend, PNG):
+- ``objective.png``   PINN-measured and certified objective vs outer step and vs wall-clock, J* dashed
+- ``loss_terms.png``  inner loss terms by condition and the hypergradient norm vs outer step
+- ``control.png``     the learned control f(t) against the exact optimum f*
+- ``state_error.png`` u_exact (the learned control in the reference solver) and |u_θ − u_exact|
+                      at four times (problems with two space dimensions, time and a reference)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import runs
+
+SNAPSHOT_TIMES = (0.25, 0.5, 0.75, 1.0)  # fractions of the time span
+SNAPSHOT_GRID = 41  # points per space axis
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def plot_objective(data: dict[str, Any], out: Path) -> Path:
+    plt = _pyplot()
+    h, j_star = data["history"], data["attrs"].get("J_star_grid")
+    steps, wall = h["step"] + 1, h["wall_time"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, x, label in ((axes[0], steps, "outer step"), (axes[1], wall, "wall-clock [s]")):
+        ax.semilogy(x, h["outer_loss"], color="tab:blue", lw=0.8, alpha=0.7, label="PINN-measured J")
+        if "certified/grid" in h:
+            ax.semilogy(*_finite(x, h["certified/grid"]), color="tab:red", lw=1.8, label="certified J (exact solver)")
+        if j_star:
+            ax.axhline(j_star, color="k", ls="--", lw=1, label=f"J* = {j_star:.4e}")
+            ax.axhline(1.05 * j_star, color="k", ls=":", lw=0.8, label="1.05·J*")
+        ax.set(xlabel=label, title=f"objective vs {label.split(' [')[0]}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("tracking objective (grid measure)")
+    axes[0].legend(fontsize=8)
+    return _save(fig, out / "objective.png", data)
+
+
+def plot_loss_terms(data: dict[str, Any], out: Path) -> Path:
+    plt = _pyplot()
+    h = data["history"]
+    steps = h["step"] + 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key in sorted(k for k in h if k.startswith("inner_terms/")):
+        ax1.semilogy(*_finite(steps, h[key]), lw=1.2, label=key.split("/", 1)[1])
+    ax1.set(xlabel="outer step", ylabel="weighted mean squared residual", title="inner loss terms (end of each inner loop)")
+    ax1.legend(fontsize=8)
+    ax2.semilogy(steps, h["hypergrad_norm"], color="tab:purple", lw=1.2)
+    ax2.set(xlabel="outer step", ylabel="‖h‖", title="hypergradient norm (before clipping)")
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, out / "loss_terms.png", data)
+
+
+def plot_control(data: dict[str, Any], out: Path) -> Path | None:
+    arrays = data["arrays"]
+    if "control/t" not in arrays:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(arrays["control/t"], arrays["control/f"], color="tab:red", lw=1.8, label="learned f(t)")
+    if "reference/t" in arrays:
+        ax.plot(arrays["reference/t"], arrays["reference/f"], "k--", lw=1.4, label="exact optimum f*(t)")
+    ax.set(xlabel="t", ylabel="f(t)", title="control")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "control.png", data)
+
+
+def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], Callable] | None:
+    """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
+    import torch
+
+    from .discovery import discover
+    from .geometry import Box
+    from .problem import load_reference
+
+    config, arrays = data["attrs"]["config"], data["arrays"]
+    if "state/theta" not in arrays or "control/t" not in arrays:
+        return None
+    problem = discover().get(config["problem"]).build(**config.get("params", {}))
+    if problem.reference is None or problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
+        return None
+    ref = load_reference(problem.reference)
+    if not hasattr(ref, "state_at"):
+        return None
+    (x0, y0), (x1, y1) = problem.domain.lo, problem.domain.hi
+    xs, ys = np.linspace(x0, x1, SNAPSHOT_GRID), np.linspace(y0, y1, SNAPSHOT_GRID)
+    t0, t1 = problem.time
+    times = [t0 + s * (t1 - t0) for s in SNAPSHOT_TIMES]
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    pts = np.concatenate([np.stack([X.ravel(), Y.ravel(), np.full(X.size, t)], axis=1) for t in times])
+    theta = torch.as_tensor(arrays["state/theta"])
+    with torch.no_grad():
+        u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype))[:, 0].double().numpy()
+    exact = ref.state_at((arrays["control/t"], arrays["control/f"]), pts, **problem.params)
+    shape = (len(times), SNAPSHOT_GRID, SNAPSHOT_GRID)
+    return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times, problem
+
+
+def plot_state_error(data: dict[str, Any], out: Path) -> Path | None:
+    fields = _state_fields(data)
+    if fields is None:
+        return None
+    u, exact, extent, times, _ = fields
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(times), figsize=(3.4 * len(times), 6.4), constrained_layout=True)
+    vmax_u, vmax_e = np.abs(exact).max(), np.abs(u - exact).max()
+    for i, t in enumerate(times):
+        im_u = axes[0, i].imshow(exact[i].T, origin="lower", extent=extent, cmap="RdBu_r", vmin=-vmax_u, vmax=vmax_u)
+        im_e = axes[1, i].imshow(np.abs(u[i] - exact[i]).T, origin="lower", extent=extent, cmap="magma", vmin=0, vmax=vmax_e)
+        axes[0, i].set_title(f"u_exact, t = {t:g}")
+        rel = np.linalg.norm(u[i] - exact[i]) / max(np.linalg.norm(exact[i]), 1e-300)
+        axes[1, i].set_title(f"|u_θ − u_exact|, rel L2 {rel:.2%}", fontsize=9)
+        for ax in axes[:, i]:
+            ax.set(xlabel="x", ylabel="y")
+    fig.colorbar(im_u, ax=axes[0, :], shrink=0.8, label="u (learned control, exact solver)")
+    fig.colorbar(im_e, ax=axes[1, :], shrink=0.8, label="state error of the PINN")
+    return _save(fig, out / "state_error.png", data, tight=False)
+
+
+def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Path:
+    attrs = data["attrs"]
+    fig.suptitle(f"{attrs.get('problem')} · {attrs.get('method')} · {data['rows']} outer steps · {attrs.get('status')}", fontsize=10)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (plot_objective, plot_loss_terms, plot_control, plot_state_error)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Every figure that applies to this run, written next to its run file."""
+    data = runs.read(run_dir)
+    out = data["path"].parent
+    return [p for p in (fn(data, out) for fn in PLOTS) if p is not None]
