@@ -11,5 +11,10 @@ class PinnctlError(Exception):
     """A user-facing error: its message is one line saying what was wrong and what to do."""
 
 
+class RunError(PinnctlError):
+    """A run that started and then failed (divergence, a dead worker): exit code 1, where
+    bad input is exit code 2."""
+
+
 class PinnctlWarning(UserWarning):
     """Warnings raised by pinnctl itself (tests turn them into errors)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import PinnctlError
+from . import PinnctlError, RunError
 from .config import InnerCfg, OuterCfg, PretrainCfg
 from .hypergrad.base import Estimator, StepInfo
 from .problem import BilevelProblem
@@ -37,7 +37,7 @@ def make_optimizer(name: str, param: Tensor, lr: float) -> torch.optim.Optimizer
     return OPTIMIZERS[name]([param], lr)
 
 
-class DivergenceError(PinnctlError):
+class DivergenceError(RunError):
     """The inner or outer loss became NaN/Inf or exploded."""
 
 
@@ -168,7 +168,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
 
     ``checkpoint`` receives a snapshot (see ``snapshot``) after pretraining, every
     ``checkpoint_every`` outer steps, after the last one, and, when the run is interrupted
-    (Ctrl-C) or diverges, the snapshot of the last completed step, which is still good.
+    (Ctrl-C), diverges or loses its curvature worker, the snapshot of the last completed step, which is still good.
     ``resume`` is such a snapshot: the run continues from it to the same numbers as an
     uninterrupted run (the returned history then holds only the new steps).
     """
@@ -205,7 +205,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
             last_good = snapshot(k + 1, v, outer_opt, state, estimator, record.wall_time, pretrain_time)
             if checkpoint is not None and ((checkpoint_every > 0 and (k + 1) % checkpoint_every == 0) or k == outer.steps - 1):
                 checkpoint(last_good)
-    except (KeyboardInterrupt, DivergenceError):
+    except (KeyboardInterrupt, PinnctlError):  # divergence, a dead curvature worker, ...
         if checkpoint is not None:
             checkpoint(last_good)
         raise

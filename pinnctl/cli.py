@@ -6,13 +6,14 @@ Errors are one line on stderr; usage errors exit with code 2, failed runs with 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from . import PinnctlError
+from . import PinnctlError, RunError
 from . import config as configmod
 
 EXIT_USAGE = 2
@@ -100,8 +101,9 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
 
     from .bilevel import InnerState, train_state
     from .problem import compile_problem, constant_control, load_reference, objective_points
+    from .solve_setup import sampling_config
 
-    problem = compile_problem(problem_obj, configmod_sampling(cfg), seed=cfg.seed)
+    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
     v = constant_control(problem_obj.control, cfg.forward.control)
     state = InnerState.create(problem.theta0, cfg.pretrain)
     progress, close = _pretrain_bar(cfg.pretrain.steps, quiet)
@@ -126,12 +128,6 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     return summary
 
 
-def configmod_sampling(cfg: configmod.Config):
-    from .problem import SamplingConfig
-
-    return SamplingConfig(seed=cfg.sampling.seed, scheme=cfg.sampling.scheme, resample=cfg.sampling.resample)
-
-
 def _fmt_record(rec: Any, j_star: float | None) -> str:
     parts = [f"outer {rec.step + 1:4d}", f"J_pinn {rec.outer_loss:.4e}"]
     if rec.certified:
@@ -149,13 +145,12 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     import numpy as np
 
     from . import checkpoint as ckpt
-    from . import runs
+    from . import runs, solve_setup
     from .bilevel import run
-    from .hypergrad import make_method
-    from .problem import compile_problem, load_reference
+    from .problem import load_reference
 
-    estimator = make_method(cfg.method.name, cfg.method.options)
-    problem = compile_problem(problem_obj, configmod_sampling(cfg), seed=cfg.seed)
+    setup = solve_setup.build(cfg, problem_obj)
+    problem = setup.problem
     optimum = None
     if problem_obj.reference is not None and problem.certify is not None:
         optimum = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid")
@@ -184,11 +179,13 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), **snap})
         save_state(snap["theta"], snap["v"])
 
-    result = run(
-        problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
-        callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps), resume=resume,
-        checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
-    )
+    worker: dict[str, Any] = {}
+    with _estimator(cfg, setup.estimator, quiet, worker) as estimator:
+        result = run(
+            problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
+            callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps), resume=resume,
+            checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+        )
     close()
     save_state(result.theta, result.v)
     history = runs.history_records(runs.read(run_file))
@@ -201,6 +198,8 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         "wall_time_s": last["wall_time"] if last else result.pretrain_time,
         "pretrain_time_s": result.pretrain_time,
     }
+    if worker:
+        summary["curvature_worker"] = worker
     for part in ("inner", "curvature", "hypergrad"):
         summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
     certified = [r for r in history if r["certified"]]
@@ -214,6 +213,26 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     elif last:
         _print(f"done: PINN J = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     return summary
+
+
+@contextlib.contextmanager
+def _estimator(cfg: configmod.Config, estimator: Any, quiet: bool, stats: dict[str, Any]) -> Iterator[Any]:
+    """The estimator itself (inline), or rank 0's proxy of the curvature worker (--parallel);
+    the worker's message statistics go into ``stats``."""
+    if not cfg.parallel.enabled:
+        yield estimator
+        return
+    from .parallel import parallel_estimator
+
+    with parallel_estimator(cfg, estimator, configmod.to_dict(cfg)) as remote:
+        _print(f"curvature worker: {remote.channel.name}, stream {cfg.parallel.stream}, "
+               f"at most {cfg.parallel.max_inflight} messages in flight", quiet=quiet)
+        yield remote
+        ch = remote.channel
+        stats.update(messages=ch.sent, peak_inflight=ch.peak_inflight, max_inflight=ch.max_inflight,
+                     backpressure_wait_s=ch.waited_s, stream=cfg.parallel.stream)
+        _print(f"curvature worker: {remote.channel.sent} messages, peak {remote.channel.peak_inflight} in flight, "
+               f"inner loop blocked {remote.channel.waited_s:.2f} s by back-pressure", quiet=quiet)
 
 
 def _wrap_close(progress: Callable[[int, float], None] | None, close: Callable[[], None], total: int):
@@ -262,6 +281,15 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from .hypergrad import known_methods
 
     cfg, snap = _resolve_solve_config(args)
+    if args.parallel:
+        cfg.parallel.enabled = True
+    if cfg.parallel.enabled:
+        from . import parallel
+
+        if parallel.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
+            parallel.check_torchrun_world()
+            parallel.worker_main(configmod.to_dict(cfg))
+            return 0
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
@@ -354,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>)")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
+    sp.add_argument("--parallel", action="store_true",
+                    help="curvature worker in a second process (Algorithm 2; see parallel.* config keys)")
     sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (--set outer.steps=N to extend)")
     sp.set_defaults(func=cmd_solve)
 
@@ -379,9 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PinnctlError as e:
         print(f"pinnctl: error: {e}", file=sys.stderr)
-        from .bilevel import DivergenceError
-
-        return EXIT_FAILED if isinstance(e, DivergenceError) else EXIT_USAGE
+        return EXIT_FAILED if isinstance(e, RunError) else EXIT_USAGE
     except KeyboardInterrupt:
         print("pinnctl: interrupted", file=sys.stderr)
         return 130

@@ -58,6 +58,17 @@ class ForwardCfg:
 
 
 @dataclass
+class ParallelCfg:
+    """Algorithm 2 (``pinnctl.parallel``): the curvature worker in a second process."""
+
+    enabled: bool = False  # --parallel
+    stream: str = "theta"  # what rank 0 sends per inner step: "theta" (worker collects) or "stats"
+    max_inflight: int = 8  # outstanding messages before the inner loop waits (back-pressure)
+    timeout_s: float = 600.0  # a worker silent this long while rank 0 waits is declared hung
+    threads: int = 0  # torch threads per process; 0 = half the CPU cores (at least 1)
+
+
+@dataclass
 class Config:
     problem: str = "heat2d"
     seed: int = 0
@@ -72,6 +83,7 @@ class Config:
     outer: OuterCfg = field(default_factory=OuterCfg)
     method: MethodCfg = field(default_factory=MethodCfg)
     forward: ForwardCfg = field(default_factory=ForwardCfg)
+    parallel: ParallelCfg = field(default_factory=ParallelCfg)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

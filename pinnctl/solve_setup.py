@@ -1,0 +1,38 @@
+"""From a resolved config to the compiled problem and the estimator: one place, used by
+the CLI (rank 0) and by the curvature worker (rank 1), so both build the same objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .hypergrad.base import Estimator
+from .problem import BilevelProblem, SamplingConfig
+
+
+@dataclass
+class Setup:
+    problem_obj: Any  # the user's problem definition (PDEProblem or a bilevel problem)
+    problem: BilevelProblem
+    estimator: Estimator
+
+
+def sampling_config(cfg: Any) -> SamplingConfig:
+    return SamplingConfig(seed=cfg.sampling.seed, scheme=cfg.sampling.scheme, resample=cfg.sampling.resample)
+
+
+def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
+    from .discovery import discover
+    from .hypergrad import make_method
+    from .problem import compile_problem
+
+    if problem_obj is None:
+        problem_obj = discover().get(cfg.problem).build(**cfg.params)
+    estimator = make_method(cfg.method.name, cfg.method.options)
+    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
+    return Setup(problem_obj, problem, estimator)
+
+
+def build_problem_and_estimator(cfg: Any) -> tuple[BilevelProblem, Estimator]:
+    setup = build(cfg)
+    return setup.problem, setup.estimator
