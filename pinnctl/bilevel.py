@@ -112,6 +112,7 @@ class OuterRecord:
     hypergrad_time: float
     wall_time: float
     info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,6 +242,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     certified = {}
     if problem.certify is not None and certify_every > 0 and ((k + 1) % certify_every == 0 or k == outer.steps - 1):
         certified = problem.certify(v.detach())
+    metrics = problem.metrics(state.theta.detach(), v.detach()) if problem.metrics is not None else {}
     return OuterRecord(
         step=k,
         outer_loss=outer_loss,
@@ -252,4 +254,5 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         hypergrad_time=t_hyper,
         wall_time=time.perf_counter() - start,
         info=hinfo,
+        metrics=metrics,
     )

@@ -129,11 +129,13 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
 
 
 def _fmt_record(rec: Any, j_star: float | None) -> str:
-    parts = [f"outer {rec.step + 1:4d}", f"J_pinn {rec.outer_loss:.4e}"]
+    parts = [f"outer {rec.step + 1:4d}", f"{'J_pinn' if rec.certified else 'f'} {rec.outer_loss:.4e}"]
     if rec.certified:
         jg = rec.certified.get("grid")
         parts.append(f"J_cert {jg:.4e}" + (f" ({jg / j_star:.3f}·J*)" if j_star else ""))
     parts.append("loss " + " ".join(f"{k}={v:.2e}" for k, v in rec.inner_terms.items()))
+    if rec.metrics:
+        parts.append(" ".join(f"{k} {v:.4f}" for k, v in rec.metrics.items()))
     parts.append(f"|h| {rec.hypergrad_norm:.2e}")
     parts.append(f"t {rec.wall_time:.1f}s (inner {rec.inner_time:.2f} curv {rec.curvature_time:.2f} hyper {rec.hypergrad_time:.2f})")
     return "  ".join(parts)
@@ -173,7 +175,8 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
 
     def save_state(theta: Any, v: Any) -> None:
         samples = problem.control_samples(v) if problem.control_samples is not None else None
-        runs.write_state(run_file, theta=theta.cpu().numpy(), v=v.cpu().numpy(), control=samples)
+        runs.write_state(run_file, theta=theta.cpu().numpy(), v=v.cpu().numpy(), control=samples,
+                         image_shape=problem.info.get("v_image_shape"))
 
     def checkpoint(snap: dict[str, Any]) -> None:
         ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), **snap})
@@ -200,6 +203,10 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     }
     if worker:
         summary["curvature_worker"] = worker
+    if last and last["metrics"]:
+        tail = history[-50:]  # the paper's figure: the mean over the last 50 outer steps
+        summary["metrics_last50_mean"] = {k: float(np.mean([r["metrics"][k] for r in tail if k in r["metrics"]]))
+                                          for k in last["metrics"]}
     for part in ("inner", "curvature", "hypergrad"):
         summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
     certified = [r for r in history if r["certified"]]
@@ -211,7 +218,7 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         _print(f"done: certified J = {jg:.6e} = {jg / j_star:.4f}·J* (grid measure), PINN J = {last['outer_loss']:.6e}, "
                f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     elif last:
-        _print(f"done: PINN J = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
+        _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     return summary
 
 
@@ -251,15 +258,24 @@ def _wrap_close(progress: Callable[[int, float], None] | None, close: Callable[[
 SOLVE_MODES: dict[str, Callable[[configmod.Config, Any, bool, Path], dict[str, Any]]] = {"forward": solve_forward}
 
 
+def _discover_problem(name: str, params: dict[str, Any]) -> Any:
+    from .discovery import discover
+
+    return discover().get(name).build(**params)
+
+
 def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None]:
     """A fresh config (preset → TOML → --set), or, with --resume, the run's own config plus --set."""
     sets = configmod.parse_sets(args.set or [])
     if args.resume is None:
         if args.problem is None:
             raise PinnctlError("solve needs a problem name (or --resume RUN_DIR)")
-        cfg = configmod.resolve(args.preset, args.config, sets, problem=args.problem, seed=args.seed)
-        if args.method is not None:
-            cfg.method.name = args.method
+        top = {"problem": args.problem, "seed": args.seed, "method.name": args.method}
+        cfg = configmod.resolve(args.preset, args.config, sets, **top)
+        problem_obj = _discover_problem(cfg.problem, cfg.params)
+        if hasattr(problem_obj, "config_defaults"):
+            defaults = problem_obj.config_defaults(args.preset, cfg.method.name)
+            cfg = configmod.resolve(args.preset, args.config, sets, problem_defaults=defaults, **top)
         return cfg, None
     from . import checkpoint as ckpt
     from . import runs
@@ -277,7 +293,6 @@ def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, d
 
 def cmd_solve(args: argparse.Namespace) -> int:
     from . import runs
-    from .discovery import discover
     from .hypergrad import known_methods
 
     cfg, snap = _resolve_solve_config(args)
@@ -295,7 +310,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
     if snap is not None and cfg.method.name in SOLVE_MODES:
         raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
-    problem_obj = discover().get(cfg.problem).build(**cfg.params)
+    problem_obj = _discover_problem(cfg.problem, cfg.params)
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {args.preset})", quiet=args.quiet)
     _print("config: " + configmod.to_json(cfg), quiet=args.quiet)
     out = Path(args.resume) if snap is not None else _run_dir(cfg, args.out)

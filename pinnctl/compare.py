@@ -7,7 +7,6 @@ the certified J falls to ``target``·J* (grid measure).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

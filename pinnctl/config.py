@@ -182,12 +182,17 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve(preset: str = "quick", toml: str | Path | None = None, sets: dict[str, Any] | None = None, **top: Any) -> Config:
-    """Defaults → preset → TOML file → --set overrides → explicit top-level keys."""
+def resolve(preset: str = "quick", toml: str | Path | None = None, sets: dict[str, Any] | None = None,
+            problem_defaults: dict[str, Any] | None = None, **top: Any) -> Config:
+    """Defaults → preset → the problem's own defaults → TOML file → --set overrides → explicit top-level keys.
+
+    ``problem_defaults`` are what a problem file says its setup is (the classification tasks
+    use the paper's inner/outer optimisers and budgets, not heat2d's); the user still wins."""
     if preset not in PRESETS:
         raise PinnctlError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
     cfg = Config()
-    layers = [PRESETS[preset], load_toml(toml) if toml else {}, sets or {}, {k: v for k, v in top.items() if v is not None}]
+    layers = [PRESETS[preset], problem_defaults or {}, load_toml(toml) if toml else {}, sets or {},
+              {k: v for k, v in top.items() if v is not None}]
     for layer in layers:
         for key, value in layer.items():
             set_key(cfg, key, value)

@@ -6,6 +6,8 @@ Written next to the run file (Agg backend, PNG):
 - ``control.png``     the learned control f(t) against the exact optimum f*
 - ``state_error.png`` u_exact (the learned control in the reference solver) and |u_θ − u_exact|
                       at four times (problems with two space dimensions, time and a reference)
+- ``accuracy.png``    validation / test accuracy vs wall-clock and step (classification)
+- ``distilled_images.png``  the learned synthetic images, one row per class (distillation)
 """
 
 from __future__ import annotations
@@ -85,6 +87,44 @@ def plot_control(data: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "control.png", data)
 
 
+def plot_metrics(data: dict[str, Any], out: Path) -> Path | None:
+    """Problem metrics (classification: validation/test accuracy) vs wall-clock and step."""
+    h = data["history"]
+    keys = sorted(k for k in h if k.startswith("metrics/") and "accuracy" in k)
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, x, label in ((axes[0], h["wall_time"], "wall-clock [s]"), (axes[1], h["step"] + 1, "outer step")):
+        for key in keys:
+            ax.plot(*_finite(x, h[key]), lw=1.2, label=key.split("/", 1)[1])
+        ax.set(xlabel=label, title=f"accuracy vs {label.split(' [')[0]}")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8)
+    return _save(fig, out / "accuracy.png", data)
+
+
+def plot_images(data: dict[str, Any], out: Path) -> Path | None:
+    """The outer variable as images (distillation): one row per class."""
+    images = data["arrays"].get("control/images")
+    if images is None:
+        return None
+    plt = _pyplot()
+    classes, per_class = images.shape[:2]
+    cols = min(per_class, 10)
+    fig, axes = plt.subplots(classes, cols, figsize=(1.1 * cols, 1.1 * classes), squeeze=False)
+    for c in range(classes):
+        for j in range(cols):
+            ax = axes[c, j]
+            ax.imshow(images[c, j], cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(str(c), rotation=0, labelpad=10)
+    return _save(fig, out / "distilled_images.png", data)
+
+
 def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], Callable] | None:
     """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
     import torch
@@ -147,7 +187,8 @@ def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Pat
     return path
 
 
-PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (plot_objective, plot_loss_terms, plot_control, plot_state_error)
+PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (
+    plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_metrics, plot_images)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

@@ -228,6 +228,7 @@ class BilevelProblem:
     layer_shapes: list[tuple[int, int]] = field(default_factory=list)
     certify: Callable[[Tensor], dict[str, float]] | None = None
     control_samples: Callable[[Tensor], tuple[np.ndarray, np.ndarray]] | None = None
+    metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None  # per outer step, e.g. test accuracy
     info: dict[str, Any] = field(default_factory=dict)
 
     def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:

@@ -9,8 +9,10 @@ Layout of ``<run dir>/run.h5``::
     /history/certified/<measure>   certified J (exact reference; NaN on steps not certified)
     /history/inner_terms/<name>    inner loss terms by condition name
     /history/info/<key>            method diagnostics (solver residuals, norms; NaN when absent)
+    /history/metrics/<key>         problem metrics (classification: val/test accuracy, test loss)
     /control/t, /control/f         the control sampled on a time grid (latest checkpoint / end)
-    /control/v                     the control parameters
+    /control/v                     the control parameters (outer variable)
+    /control/images                v as images (distillation: classes × per class × 28 × 28)
     /reference/t, /reference/f     the exact optimum f* (when a reference exists)
     /state/theta                   the state-PINN parameters (latest checkpoint / end)
 
@@ -33,7 +35,7 @@ from . import PinnctlError
 RUN_FILE = "run.h5"
 FORMAT = "pinnctl-run/1"
 SCALARS = ("step", "outer_loss", "hypergrad_norm", "inner_time", "curvature_time", "hypergrad_time", "wall_time")
-GROUPS = ("certified", "inner_terms", "info")
+GROUPS = ("certified", "inner_terms", "info", "metrics")
 
 
 def _h5():
@@ -117,12 +119,15 @@ def _replace(group: Any, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data)
 
 
-def write_state(path: Path, *, theta: np.ndarray, v: np.ndarray, control: tuple[np.ndarray, np.ndarray] | None) -> None:
+def write_state(path: Path, *, theta: np.ndarray, v: np.ndarray, control: tuple[np.ndarray, np.ndarray] | None,
+                image_shape: list[int] | None = None) -> None:
     """The current θ, v and sampled control (at checkpoints and at the end)."""
     with _h5().File(path, "a") as fh:
         _replace(fh.require_group("state"), "theta", np.asarray(theta))
         ctrl = fh.require_group("control")
         _replace(ctrl, "v", np.asarray(v))
+        if image_shape is not None:
+            _replace(ctrl, "images", np.asarray(v).reshape(image_shape))
         if control is not None:
             _replace(ctrl, "t", np.asarray(control[0]))
             _replace(ctrl, "f", np.asarray(control[1]))

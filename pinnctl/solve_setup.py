@@ -29,7 +29,10 @@ def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
     if problem_obj is None:
         problem_obj = discover().get(cfg.problem).build(**cfg.params)
     estimator = make_method(cfg.method.name, cfg.method.options)
-    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
+    if hasattr(problem_obj, "compile"):  # non-PDE problems (classification) compile themselves
+        problem = problem_obj.compile(seed=cfg.seed)
+    else:
+        problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
     return Setup(problem_obj, problem, estimator)
 
 

@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from .classification import cleaning_problem
 from .problem import Batch, BilevelProblem
 
 
@@ -60,9 +59,8 @@ def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=t
 def logistic_cleaning(n_train: int = 200, n_val: int = 100, dim: int = 5, classes: int = 3, noise: float = 0.3,
                       lam: float = 1e-2, batch_size: int | None = None, seed: int = 0,
                       dtype=torch.float64) -> BilevelProblem:
-    """Weighted NLL + λ‖θ‖² inside; clean validation NLL outside.
-
-    θ is laid out like one MLP layer (W row-major, then b), so K-FAC sees a linear layer."""
+    """Synthetic Gaussian data for ``classification.cleaning_problem``: weighted NLL + λ‖θ‖²
+    inside, clean validation NLL outside (θ laid out like one linear layer, for K-FAC)."""
     g = torch.Generator().manual_seed(seed)
     W_true = torch.randn(classes, dim, generator=g, dtype=dtype) * 2
 
@@ -75,51 +73,5 @@ def logistic_cleaning(n_train: int = 200, n_val: int = 100, dim: int = 5, classe
 
     x_tr, y_tr = make(n_train, noise)
     x_val, y_val = make(n_val, 0.0)
-    full = {"x": x_tr, "y": y_tr, "idx": torch.arange(n_train)}
-
-    def sample(step: int) -> Batch:
-        if batch_size is None or batch_size >= n_train:
-            return full
-        idx = torch.randperm(n_train, generator=torch.Generator().manual_seed(10_000 + step))[:batch_size]
-        return {"x": x_tr[idx], "y": y_tr[idx], "idx": idx}
-
-    def weights(v: Tensor, idx: Tensor) -> Tensor:
-        return v[idx].clamp(0.0, 1.0)
-
-    def logits(theta: Tensor, x: Tensor) -> Tensor:
-        return x @ theta[: classes * dim].view(classes, dim).T + theta[classes * dim :]
-
-    def inner_terms(theta: Tensor, v: Tensor, batch: Batch) -> dict[str, Tensor]:
-        nll = torch.nn.functional.cross_entropy(logits(theta, batch["x"]), batch["y"], reduction="none")
-        return {"weighted_nll": (weights(v, batch["idx"]) * nll).mean(), "l2": lam * (theta**2).sum()}
-
-    def outer_loss(theta: Tensor, v: Tensor) -> Tensor:
-        return torch.nn.functional.cross_entropy(logits(theta, x_val), y_val)
-
-    def residuals(theta: Tensor, v: Tensor, batch: Batch) -> dict[str, tuple[Tensor, float]]:
-        """Gauss–Newton factor rows (not loss residuals): r_n = √(σ_n/2)·L_nᵀ z_n with
-        Λ_n = diag p − p pᵀ = L_n L_nᵀ held fixed, so Σ (2w/N) JᵀJ is the weighted Fisher of
-        the data term (= its Hessian, logits being linear in θ); the regulariser's row
-        block gives its exact Hessian 2λI."""
-        z = logits(theta, batch["x"])
-        p = torch.softmax(z.detach(), 1)
-        lam_mat = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-        evals, evecs = torch.linalg.eigh(lam_mat)
-        L = evecs * evals.clamp(min=0).sqrt()[:, None, :]
-        r = torch.einsum("nck,nc->nk", L, z) * (weights(v, batch["idx"]).detach() / 2).sqrt()[:, None]
-        return {"data": (r.reshape(-1), float(classes)), "l2": (theta * math.sqrt(lam * theta.numel()), 1.0)}
-
-    def kfac_factors(theta: Tensor, v: Tensor, batch: Batch) -> list[tuple[Tensor, Tensor]]:
-        """Ordinary K-FAC Fisher of the single linear layer: E[x̃x̃ᵀ] ⊗ E[σ_n Λ_n]."""
-        x = torch.cat([batch["x"], torch.ones_like(batch["x"][:, :1])], 1).double()
-        p = torch.softmax(logits(theta, batch["x"]).detach(), 1).double()
-        lam_mat = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-        w = weights(v, batch["idx"]).detach().double()
-        return [(x.T @ x / x.shape[0], (w[:, None, None] * lam_mat).mean(0))]
-
-    return BilevelProblem(
-        name="logistic_cleaning", theta0=torch.zeros(classes * (dim + 1), dtype=dtype),
-        v0=torch.full((n_train,), 0.5, dtype=dtype), inner_terms=inner_terms, outer_loss=outer_loss,
-        sample=sample, full_batch=lambda: full, residuals=residuals, kfac_factors=kfac_factors,
-        layer_shapes=[(classes, dim)], info={"lambda": lam},
-    )
+    return cleaning_problem(x_tr, y_tr, x_val, y_val, lam=lam, batch_size=batch_size, seed=seed,
+                            name="logistic_cleaning", classes=classes)

@@ -1,6 +1,5 @@
 """CLI and problem discovery: listing, errors for unknown/broken/duplicate problems, exit codes."""
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -42,7 +42,10 @@ class CurvatureOptions:
     beta: float = 0.95
     damping: float = 1e-3
     efim_lambda0: float = 1.0
-    efim_dense_max: int = 16384
+    # floor under EFIM's decaying β^t·λ₀ I (0 = the paper: it decays, and A blows up along
+    # directions no recent gradient spans); e.g. 2λ, the exact Hessian of a λ‖θ‖² regulariser
+    efim_floor: float = 0.0
+    efim_dense_max: int = 2048  # above this dim θ the (identical) low-rank form is cheaper than p² memory
     gn_rows: int = 256
     gn_window: int = 8
 
@@ -69,7 +72,7 @@ class EFIM:
     def observe(self, stats: dict[str, Tensor]) -> None:
         g, beta = stats["g"], self.opts.beta
         p = g.numel()
-        if p > self.opts.efim_dense_max:
+        if p > self.opts.efim_dense_max or self.opts.efim_floor > 0:  # the floor needs the low-rank form
             self.form = "low-rank"
             self.scale *= beta
             self.row_weights = [w * beta for w in self.row_weights] + [1.0 - beta]
@@ -89,7 +92,7 @@ class EFIM:
                 return b / self.opts.efim_lambda0
             return self.A @ b
         rows = torch.stack(self.rows) * torch.tensor(self.row_weights, dtype=torch.float64).sqrt()[:, None]
-        return LowRankPlusDamping(rows=rows, damping=self.scale).solve(b)
+        return LowRankPlusDamping(rows=rows, damping=max(self.scale, self.opts.efim_floor)).solve(b)
 
     def state_dict(self) -> dict[str, Any]:
         return {"A": self.A, "rows": list(self.rows), "row_weights": list(self.row_weights), "scale": self.scale, "form": self.form}

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .. import PinnctlError
@@ -32,14 +31,15 @@ class NHGD:
     @dataclass
     class Options:
         curvature: str = "kfac"
-        beta: float = 0.95
-        damping: float = 1e-3
+        beta: float = CurvatureOptions.beta
+        damping: float = CurvatureOptions.damping
         M: int = 5
         cross: str = "end"
-        efim_lambda0: float = 1.0
-        efim_dense_max: int = 16384
-        gn_rows: int = 256
-        gn_window: int = 8
+        efim_lambda0: float = CurvatureOptions.efim_lambda0
+        efim_floor: float = CurvatureOptions.efim_floor
+        efim_dense_max: int = CurvatureOptions.efim_dense_max
+        gn_rows: int = CurvatureOptions.gn_rows
+        gn_window: int = CurvatureOptions.gn_window
         every: int = 1  # update the curvature every `every` inner steps (cost control)
         # CG steps on the exact Gauss–Newton, preconditioned by the curvature;
         # -1 = auto: 10 for gn/kfac, 0 for efim (the paper's method, kept faithful)

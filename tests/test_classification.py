@@ -1,0 +1,170 @@
+"""Classification extras (issue 8): IDX loader, hypergradients of every method against
+`exact` on a small data-cleaning problem, and a short cleaning run that beats the
+uncleaned baseline on real MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pinnctl import PinnctlError, data
+from pinnctl.cli import main
+from pinnctl.hypergrad import make_method
+from pinnctl.toys import logistic_cleaning
+
+
+def _write_idx(path, arr: np.ndarray, compress: bool) -> None:
+    magic = {1: 0x0801, 3: 0x0803}[arr.ndim]
+    raw = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as fh:
+            fh.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data" / "mnist"
+    root.mkdir(parents=True)
+    for split, n, gz in (("train", 12, True), ("t10k", 5, False)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        labels = rng.integers(0, 10, n)
+        _write_idx(root / (f"{split}-images-idx3-ubyte" + (".gz" if gz else "")), images, gz)
+        _write_idx(root / (f"{split}-labels-idx1-ubyte" + (".gz" if gz else "")), labels, gz)
+    data.load.cache_clear()
+    yield tmp_path / "data", root
+    data.load.cache_clear()
+
+
+def test_idx_loader_reads_gz_and_raw(tiny_dataset):
+    base, root = tiny_dataset
+    x, y = data.load("mnist", "train", str(base))
+    raw = gzip.open(root / "train-images-idx3-ubyte.gz").read()
+    assert x.shape == (12, 784) and x.dtype == np.float32 and y.shape == (12,)
+    np.testing.assert_array_equal(x[3], np.frombuffer(raw, np.uint8, offset=16)[3 * 784:4 * 784] / np.float32(255))
+    xt, yt = data.load("mnist", "test", str(base))
+    assert xt.shape == (5, 784) and 0.0 <= xt.min() and xt.max() <= 1.0
+
+
+def test_env_var_and_missing_and_corrupt_files(tiny_dataset, monkeypatch):
+    base, root = tiny_dataset
+    monkeypatch.setenv("PINNCTL_DATA", str(base))
+    assert data.load("mnist", "train")[0].shape == (12, 784)
+    with pytest.raises(PinnctlError, match=r"missing data file: expected .*/nowhere/fashion-mnist/train-images-idx3-ubyte.gz"):
+        data.load("fashion-mnist", "train", str(base / "nowhere"))
+    bad = root / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-1])  # truncated
+    with pytest.raises(PinnctlError, match="is corrupt: header says"):
+        data.read_idx(bad, 1)
+    bad.write_bytes(b"\x00\x00\x08\x03" + bad.read_bytes()[4:])
+    with pytest.raises(PinnctlError, match="magic"):
+        data.read_idx(bad, 1)
+    with pytest.raises(PinnctlError, match="unknown dataset"):
+        data.load("cifar", "train")
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def _converged_state(prob, v, steps: int = 400) -> torch.Tensor:
+    theta = prob.theta0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = prob.inner_loss(theta, v, prob.full_batch())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return theta.detach()
+
+
+@pytest.fixture(scope="module")
+def cleaning_case():
+    """Minibatches of 64 out of 200 samples: the stochastic methods see real noise."""
+    prob = logistic_cleaning(n_train=200, n_val=100, batch_size=64, lam=1e-2)
+    v = torch.linspace(0.1, 0.9, 200, dtype=torch.float64)
+    theta = _converged_state(prob, v)
+    exact, _ = make_method("exact").hypergradient(prob, theta, v, 0)
+    return prob, theta, v, exact
+
+
+# Documented tolerances: deterministic solvers on the full batch match to cos ≥ 0.99; stochastic
+# ones use 64-sample Hessians, so cos ≥ 0.9 (issue 8) after their own warm-up where they have one.
+# One minibatch's cross term touches only that batch's weights (cos ≈ √(64/200) against the full
+# hypergradient by construction), so the stochastic ones average the cross term over 20 batches.
+DETERMINISTIC = [("neumann", {"terms": 200}), ("cg", {"maxiter": 50}), ("nhgd", {"curvature": "gn", "cross": "full"})]
+STOCHASTIC = [("stocbio", {"terms": 50, "cross_batches": 20}, 1), ("amigo", {"terms": 20, "cross_batches": 20}, 10),
+              ("soba", {"cross_batches": 20}, 200), ("ttsa", {"terms": 50, "cross_batches": 20}, 200)]
+
+
+@pytest.mark.parametrize("name, options", DETERMINISTIC)
+def test_deterministic_methods_match_exact(cleaning_case, name, options):
+    prob, theta, v, exact = cleaning_case
+    est = make_method(name, options)
+    est.observe(est.collect(prob, _step_info(prob, theta, v)))
+    h, _ = est.hypergradient(prob, theta, v, 1)
+    assert _cos(h, exact) >= 0.99 and float((h - exact).norm() / exact.norm()) < 0.1
+
+
+def _step_info(prob, theta, v):
+    from pinnctl.hypergrad import StepInfo
+
+    batch = prob.full_batch()
+    t = theta.clone().requires_grad_(True)
+    g = torch.autograd.grad(prob.inner_loss(t, v, batch), t)[0]
+    return StepInfo(step=0, theta=theta, v=v, batch=batch, loss=0.0, grad=g)
+
+
+@pytest.mark.parametrize("name, options, calls", STOCHASTIC)
+def test_stochastic_methods_match_exact(cleaning_case, name, options, calls):
+    """Warm-started methods (AmIGO, SOBA) are called repeatedly at the same point, as an
+    outer loop at a slowly moving v would; TTSA's random truncation is averaged over calls."""
+    prob, theta, v, exact = cleaning_case
+    est = make_method(name, options)
+    hs = [est.hypergradient(prob, theta, v, k)[0] for k in range(calls)]
+    h = torch.stack(hs).mean(0) if name == "ttsa" else hs[-1]
+    assert _cos(h, exact) >= 0.9, f"{name}: cos {_cos(h, exact):.3f}"
+
+
+def _cleaning(out, *sets: str) -> dict:
+    args = ["solve", "data_cleaning", "--quiet", "--out", str(out), "--set", "params.n_train=3000", "--set", "params.n_val=1000",
+            "--set", "outer.steps=150", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_short_cleaning_run_beats_uncleaned_baseline(tmp_path):
+    """Same inner budget; the baseline keeps the uniform weights (outer lr 0)."""
+    base = _cleaning(tmp_path / "base", "outer.lr=0")
+    cleaned = _cleaning(tmp_path / "nhgd")
+    acc_base = base["metrics_last50_mean"]["val_accuracy"]
+    acc = cleaned["metrics_last50_mean"]["val_accuracy"]
+    assert cleaned["config"]["method"]["options"]["curvature"] == "efim"  # the problem's own defaults
+    assert acc > acc_base + 0.01, (acc, acc_base)  # measured 0.835 against 0.810
+    assert cleaned["metrics_last50_mean"]["test_loss"] < 0.8 * base["metrics_last50_mean"]["test_loss"]  # 0.88 vs 1.28
+
+
+def test_problem_defaults_yield_to_user_settings(tmp_path):
+    summary = _cleaning(tmp_path / "run", "inner.steps=3", "outer.steps=2", "method.options.M=2")
+    cfg = summary["config"]
+    assert cfg["inner"]["steps"] == 3 and cfg["inner"]["optimizer"] == "sgd" and cfg["method"]["options"]["M"] == 2
+
+
+def test_distillation_smoke_writes_images_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["solve", "distillation", "--preset", "smoke", "--quiet", "--out", str(out), "--method", "stocbio"]) == 0
+    from pinnctl import runs
+
+    arrays = runs.read(out)["arrays"]
+    assert arrays["control/images"].shape == (10, 5, 28, 28)
+    assert main(["plot", str(out)]) == 0
+    assert "distilled_images.png" in capsys.readouterr().out and (out / "accuracy.png").exists()
