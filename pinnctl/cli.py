@@ -308,6 +308,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
+    from .solve_setup import check_devices
+
+    check_devices(cfg)
     if snap is not None and cfg.method.name in SOLVE_MODES:
         raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
     problem_obj = _discover_problem(cfg.problem, cfg.params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import PinnctlError
 from .hypergrad.base import Estimator
 from .problem import BilevelProblem, SamplingConfig
 
@@ -21,11 +22,21 @@ def sampling_config(cfg: Any) -> SamplingConfig:
     return SamplingConfig(seed=cfg.sampling.seed, scheme=cfg.sampling.scheme, resample=cfg.sampling.resample)
 
 
+def check_devices(cfg: Any) -> None:
+    """The transport already picks NCCL for two CUDA devices (pinnctl.parallel), but the problem
+    compilers still create every tensor on the CPU: refuse GPU devices rather than pretend."""
+    for key in ("device", "curvature_device"):
+        if getattr(cfg, key) != "cpu":
+            raise PinnctlError(f"{key} '{getattr(cfg, key)}': only 'cpu' is supported so far (the problem compilers "
+                               "place θ, v and the batches on the CPU)")
+
+
 def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
     from .discovery import discover
     from .hypergrad import make_method
     from .problem import compile_problem
 
+    check_devices(cfg)
     if problem_obj is None:
         problem_obj = discover().get(cfg.problem).build(**cfg.params)
     estimator = make_method(cfg.method.name, cfg.method.options)

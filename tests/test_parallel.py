@@ -132,10 +132,8 @@ def test_backpressure_bounds_the_buffer_over_500_inner_steps(tmp_path):
     assert worker["peak_inflight"] == 4 and worker["backpressure_wait_s"] > 0
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL path needs two CUDA devices (none here)")
-def test_nccl_matches_inline(inline_run, tmp_path):
-    out = tmp_path / "run"
-    assert main([*BASE, "--out", str(out), "--parallel", "--set", "device=cuda:0", "--set", "curvature_device=cuda:1"]) == 0
-    a, b = _numbers(inline_run), _numbers(out)
-    for key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+def test_gpu_devices_are_refused_until_supported(capsys):
+    """The NCCL transport exists (backend_for), but the compilers place tensors on the CPU only."""
+    assert main(["solve", "heat2d", "--preset", "smoke", "--parallel", "--set", "device=cuda:0",
+                 "--set", "curvature_device=cuda:1"]) == 2
+    assert "only 'cpu' is supported so far" in capsys.readouterr().err
