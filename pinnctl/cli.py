@@ -161,7 +161,7 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     run_file = out / runs.RUN_FILE
     if resume is None:
         runs.create(out, config=configmod.to_dict(cfg), j_star=j_star)
-        if optimum is not None:
+        if optimum is not None and optimum.t is not None:
             runs.write_reference(run_file, optimum.t, optimum.f)
     else:
         runs.truncate(run_file, int(resume["outer_step"]))
@@ -213,9 +213,10 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     if certified:
         best = min(certified, key=lambda r: r["certified"]["grid"])
         summary["best_certified"] = {"step": int(best["step"]), **best["certified"]}
-    if last and last["certified"] and j_star:
+    if last and last["certified"] and j_star is not None:
         jg = last["certified"]["grid"]
-        _print(f"done: certified J = {jg:.6e} = {jg / j_star:.4f}·J* (grid measure), PINN J = {last['outer_loss']:.6e}, "
+        ratio = f" = {jg / j_star:.4f}·J*" if j_star > 0 else f" (J* = {j_star:g})"
+        _print(f"done: certified J = {jg:.6e}{ratio} (grid measure), PINN J = {last['outer_loss']:.6e}, "
                f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     elif last:
         _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)

@@ -428,7 +428,7 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
 
     certify = None
     control_samples = None
-    if problem.time is not None and not isinstance(problem.control, VectorControl):
+    if problem.time is not None and isinstance(problem.control, TimeControl):
         t_grid = np.linspace(problem.time[0], problem.time[1], 401)
 
         def control_samples(v: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -441,6 +441,15 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
 
         def certify(v: Tensor) -> dict[str, float]:
             return load_reference(problem.reference).certify(control_samples(v), **problem.params)
+
+    elif problem.reference is not None and hasattr(load_reference(problem.reference), "control_points"):
+        # field controls: the reference says where it needs the control (e.g. its DST nodes)
+        ref_pts = torch.as_tensor(load_reference(problem.reference).control_points(**problem.params), dtype=torch.float32)
+
+        def certify(v: Tensor) -> dict[str, float]:
+            with torch.no_grad():
+                values = torch.cat([control_values(problem.control, v, chunk) for chunk in ref_pts.split(1 << 16)])
+            return load_reference(problem.reference).certify(values.double().numpy(), **problem.params)
 
     return BilevelProblem(
         name=problem.name,
