@@ -37,6 +37,11 @@ class Interior:
     weight: float = 1.0
 
 
+# ``value=CONTROL`` makes a Boundary/Initial condition's data the control itself:
+# initial-value or boundary control, u = f_v on those points.
+CONTROL = "control"
+
+
 @dataclass(frozen=True)
 class Boundary:
     """Dirichlet condition u = value on the spatial boundary (n_per_side points per face)."""
@@ -76,10 +81,15 @@ class TimeControl:
 
 @dataclass(frozen=True)
 class FieldControl:
-    """Control f_v(x, t): a net of all space-time inputs (distributed space-time control)."""
+    """Control f_v(x, t): a net of all space-time inputs (distributed space-time control), or
+    of space only with ``inputs="space"`` (an initial-value control g_v(x), a steady source)."""
 
     net: MLP
     inputs: str = "space-time"
+
+    def __post_init__(self) -> None:
+        if self.inputs not in ("space-time", "space"):
+            raise PinnctlError(f"FieldControl inputs must be 'space-time' or 'space', got '{self.inputs}'")
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def control_values(control: Control, v: Tensor, x: Tensor) -> Tensor:
     """f evaluated at the space-time points x (N, d+1) -> (N,), or v itself for VectorControl."""
     if isinstance(control, VectorControl):
         return v
-    inp = x[:, -1:] if control.inputs == "time" else x
+    inp = x[:, -1:] if control.inputs == "time" else x[:, : control.net.n_in] if control.inputs == "space" else x
     return control.net.forward(v, inp.to(v.dtype)).reshape(-1)
 
 
@@ -384,6 +394,8 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
         if isinstance(cond, Interior):
             f = control_values(problem.control, v, x)
             r = cond.residual(x, u, f, JetOps(jet, time_axis, space_dims))
+        elif isinstance(cond.value, str) and cond.value == CONTROL:
+            r = u - control_values(problem.control, v, x)
         else:
             r = u - _value_at(cond.value, x)
         return r.reshape(-1), jet
