@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import io
 import math
+import warnings
 import os
 from dataclasses import dataclass
 from numbers import Integral
@@ -153,7 +154,9 @@ class DeepXDEGeometry:
         n = _count(n, "number of points n")
         if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise PinnctlError(f"seed must be an integer in [0, 2**32); got {seed!r}")
-        with _numpy_seeded(int(seed)):
+        with _numpy_seeded(int(seed)), warnings.catch_warnings():
+            # deepxde 1.15's Polygon calls np.cross on 2-vectors (deprecated in NumPy 2): its problem, not the user's
+            warnings.simplefilter("ignore", DeprecationWarning)
             x = getattr(self.geom, method)(n, random="pseudo")
         return np.asarray(x, dtype=np.float64).reshape(n, self.dim)
 
