@@ -54,10 +54,11 @@ from torch import Tensor
 from . import PinnctlError, RunError
 from .hypergrad.base import Estimator, StepInfo
 
-OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR = range(1, 8)
+OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR, READY = range(1, 9)
+STARTUP_TIMEOUT_S = 300.0  # a fresh interpreter importing torch and building the problem, on a loaded machine
 STREAMS = ("theta", "stats")
-# The process group's own timeout: long, because every wait that matters polls with its own deadline.
-GROUP_TIMEOUT_S = 7 * 24 * 3600
+# Every wait passes its own deadline; "no deadline" (the worker waiting for the inner loop) is this long.
+FOREVER_S = 7 * 24 * 3600
 
 
 class WorkerError(RunError):
@@ -106,10 +107,8 @@ class Channel:
         """Block on one transfer. Gloo's send/recv only progress inside ``wait`` (``is_completed``
         is never set by polling), so the deadline is gloo's own timeout; a dead peer closes its
         sockets, which fails the wait at once."""
-        if math.isfinite(self.timeout_s):
-            self._guard(lambda: work.wait(timeout=datetime.timedelta(seconds=self.timeout_s)), what)
-        else:
-            self._guard(work.wait, what)
+        seconds = self.timeout_s if math.isfinite(self.timeout_s) else FOREVER_S
+        self._guard(lambda: work.wait(timeout=datetime.timedelta(seconds=seconds)), what)
 
     def _guard(self, fn: Callable[[], Any], what: str) -> Any:
         """Run a transport call; its RuntimeError becomes a WorkerError naming the peer."""
@@ -234,7 +233,7 @@ def _free_port() -> int:
 
 def _init_group(rank: int, backend: str, addr: str | None, port: int | None) -> None:
     """Our own TCP rendezvous when we spawned the worker; torchrun's store (env://) under torchrun."""
-    timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
+    timeout = datetime.timedelta(seconds=STARTUP_TIMEOUT_S)  # rendezvous; waits set their own
     if addr is None:
         dist.init_process_group(backend, timeout=timeout)
     else:
@@ -259,6 +258,7 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
     channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, cfg.curvature_device),
                       max_inflight=cfg.parallel.max_inflight, timeout_s=float("inf"), alive=alive)
     try:
+        channel.send(READY, {})
         serve(problem, estimator, channel, cfg.parallel.stream)
     except WorkerError:
         os._exit(3)  # the parent is gone: nothing to report to
@@ -298,10 +298,18 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     name = f"curvature worker (rank 1{f', pid {proc.pid}' if proc else ''}, {cfg.curvature_device})"
     ok = False
     try:
-        _init_group(0, backend, addr, port)
+        try:
+            _init_group(0, backend, addr, port)
+        except RuntimeError as e:
+            raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
         channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), max_inflight=cfg.parallel.max_inflight,
                           timeout_s=cfg.parallel.timeout_s, alive=alive)
         remote = RemoteEstimator(local, channel, cfg.parallel.stream)
+        channel.timeout_s = max(cfg.parallel.timeout_s, STARTUP_TIMEOUT_S)  # start-up is not a hang
+        kind, _ = channel.recv("starting (importing torch, building the problem)")
+        channel.timeout_s = cfg.parallel.timeout_s
+        if kind != READY:
+            raise WorkerError(f"{name} sent message kind {kind} instead of READY")
         yield remote
         remote.close()
         ok = True
