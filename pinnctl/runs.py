@@ -23,10 +23,12 @@ Checkpoints live beside it (``checkpoint.pt``, see ``pinnctl.checkpoint``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -74,6 +76,26 @@ def create(run_dir: Path, *, config: Mapping[str, Any], j_star: float | None = N
     return path
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Any]:
+    """The run file opened for appending; waits out a reader that holds HDF5's file lock
+    (someone inspecting a running run with plain h5py) instead of failing the run."""
+    for attempt in range(100):
+        try:
+            fh = _h5().File(path, "a")
+            break
+        except BlockingIOError:
+            time.sleep(0.05)
+        except OSError as e:
+            if "lock" not in str(e).lower() or attempt == 99:
+                raise
+            time.sleep(0.05)
+    try:
+        yield fh
+    finally:
+        fh.close()
+
+
 def _append(group: Any, name: str, value: float, rows: int) -> None:
     """Append ``value`` as row ``rows`` (0-based) of dataset ``name``, NaN-padding a new one."""
     if name not in group:
@@ -85,7 +107,7 @@ def _append(group: Any, name: str, value: float, rows: int) -> None:
 
 def append(path: Path, record: Any) -> None:
     """One outer-step record (``bilevel.OuterRecord``) as a new row of every /history dataset."""
-    with _h5().File(path, "a") as fh:
+    with _writing(path) as fh:
         hist = fh["history"]
         rows = int(hist.attrs.get("rows", 0))
         for name in SCALARS:
@@ -100,7 +122,7 @@ def append(path: Path, record: Any) -> None:
 
 def truncate(path: Path, rows: int) -> None:
     """Drop history rows ≥ ``rows`` (a resume from a checkpoint older than the last rows)."""
-    with _h5().File(path, "a") as fh:
+    with _writing(path) as fh:
         hist = fh["history"]
         if int(hist.attrs.get("rows", 0)) <= rows:
             return
@@ -122,7 +144,7 @@ def _replace(group: Any, name: str, data: np.ndarray) -> None:
 def write_state(path: Path, *, theta: np.ndarray, v: np.ndarray, control: tuple[np.ndarray, np.ndarray] | None,
                 image_shape: list[int] | None = None) -> None:
     """The current θ, v and sampled control (at checkpoints and at the end)."""
-    with _h5().File(path, "a") as fh:
+    with _writing(path) as fh:
         _replace(fh.require_group("state"), "theta", np.asarray(theta))
         ctrl = fh.require_group("control")
         _replace(ctrl, "v", np.asarray(v))
@@ -134,14 +156,14 @@ def write_state(path: Path, *, theta: np.ndarray, v: np.ndarray, control: tuple[
 
 
 def write_reference(path: Path, t: np.ndarray, f: np.ndarray) -> None:
-    with _h5().File(path, "a") as fh:
+    with _writing(path) as fh:
         ref = fh.require_group("reference")
         _replace(ref, "t", np.asarray(t))
         _replace(ref, "f", np.asarray(f))
 
 
 def set_status(path: Path, status: str, **attrs: Any) -> None:
-    with _h5().File(path, "a") as fh:
+    with _writing(path) as fh:
         fh.attrs["status"] = status
         for k, v in attrs.items():
             fh.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
@@ -154,20 +176,27 @@ def read(path: str | Path) -> dict[str, Any]:
         path = path / RUN_FILE
     if not path.exists():
         raise PinnctlError(f"no run file at {path}")
-    try:
-        with _h5().File(path, "r") as fh:
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
-            rows = int(fh["history"].attrs.get("rows", 0))
-            history: dict[str, np.ndarray] = {}
+    for attempt in range(20):  # a running run holds the file for a few ms per outer step
+        try:
+            return _read(path)
+        except OSError as e:
+            error = e
+            time.sleep(0.1)
+    raise PinnctlError(f"cannot read run file {path}: {error}") from None
 
-            def take(name: str, obj: Any) -> None:
-                if isinstance(obj, _h5().Dataset):
-                    history[name] = obj[:rows]
 
-            fh["history"].visititems(take)
-            arrays = {f"{g}/{n}": fh[g][n][()] for g in ("control", "reference", "state") if g in fh for n in fh[g]}
-    except OSError as e:
-        raise PinnctlError(f"cannot read run file {path}: {e}") from None
+def _read(path: Path) -> dict[str, Any]:
+    with _h5().File(path, "r", locking=False) as fh:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+        rows = int(fh["history"].attrs.get("rows", 0))
+        history: dict[str, np.ndarray] = {}
+
+        def take(name: str, obj: Any) -> None:
+            if isinstance(obj, _h5().Dataset):
+                history[name] = obj[:rows]
+
+        fh["history"].visititems(take)
+        arrays = {f"{g}/{n}": fh[g][n][()] for g in ("control", "reference", "state") if g in fh for n in fh[g]}
     for key in ("config", "versions"):
         attrs[key] = json.loads(attrs[key]) if key in attrs else {}
     return {"path": path, "attrs": attrs, "rows": rows, "history": history, "arrays": arrays}
