@@ -162,12 +162,16 @@ class RemoteEstimator:
         self.local, self.channel, self.stream = local, channel, stream
 
     def collect(self, problem: Any, step: StepInfo) -> dict[str, Any]:
+        wants = getattr(self.local, "wants", None)
+        if wants is not None and not wants(step.step):
+            return {}  # a step the estimator skips (e.g. NHGD's `every`): nothing to send
         if self.stream == "stats":
             return {"stats": self.local.collect(problem, step)}
         return {"step": step.step, "theta": step.theta.detach(), "v": step.v.detach(), "grad": step.grad.detach(), "loss": step.loss}
 
     def observe(self, message: dict[str, Any]) -> None:
-        self.channel.send(OBSERVE, message)
+        if message:
+            self.channel.send(OBSERVE, message)
 
     def _call(self, kind: int, obj: Any, what: str) -> Any:
         self.channel.send(kind, obj)

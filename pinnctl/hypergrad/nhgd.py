@@ -68,8 +68,12 @@ class NHGD:
         )
         self.trajectory: list[tuple[Tensor, dict]] = []
 
+    def wants(self, step: int) -> bool:
+        """Whether inner step ``step`` feeds the curvature (the parallel mode sends nothing otherwise)."""
+        return step % self.opts.every == 0
+
     def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
-        if step.step % self.opts.every:
+        if not self.wants(step.step):
             return {}
         stats = self.curvature.collect(problem, step)
         if self.opts.cross == "trajectory":
