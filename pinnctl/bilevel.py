@@ -25,16 +25,27 @@ from .problem import BilevelProblem
 # A loss this many times its first value is called divergence, not slow progress.
 EXPLODE_FACTOR = 1e8
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+def _natural(kind: str) -> Callable[..., Any]:
+    def make(params: list[Tensor], lr: float, damping: float = 1e-3) -> Any:
+        from .natgrad import DenseGaussNewton, NaturalGradient
+
+        return {"kfac": NaturalGradient, "engd": DenseGaussNewton}[kind](params, lr, damping)
+
+    return make
+
+
+OPTIMIZERS: dict[str, Callable[..., Any]] = {
+    "adam": lambda params, lr, damping=0.0: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr, damping=0.0: torch.optim.SGD(params, lr=lr),
+    "kfac": _natural("kfac"),  # natural gradient with K-FAC for PINNs (pinnctl.natgrad)
+    "engd": _natural("engd"),  # natural gradient with the dense Gauss–Newton (small nets)
 }
 
 
-def make_optimizer(name: str, param: Tensor, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, param: Tensor, lr: float, damping: float = 1e-3) -> Any:
     if name not in OPTIMIZERS:
         raise PinnctlError(f"unknown optimizer '{name}'; known: {', '.join(sorted(OPTIMIZERS))}")
-    return OPTIMIZERS[name]([param], lr)
+    return OPTIMIZERS[name]([param], lr, damping)
 
 
 class DivergenceError(RunError):
@@ -53,7 +64,7 @@ class InnerState:
     """θ as a leaf tensor plus its optimiser (kept across outer steps: warm start)."""
 
     theta: Tensor
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # a torch optimizer, or a natural-gradient one (pinnctl.natgrad)
     step: int = 0
     first_loss: float | None = None
 
@@ -81,10 +92,15 @@ def inner_step(problem: BilevelProblem, state: InnerState, v: Tensor, radius: fl
     if state.first_loss is None:
         state.first_loss = value
     check_finite(value, f"inner loss at inner step {state.step}", state.first_loss)
-    state.theta.grad = grad
-    state.optimizer.step()
+    extras: dict[str, Any] = {}
+    if hasattr(state.optimizer, "natural_step"):  # natural gradient: needs the problem, returns its curvature
+        extras = state.optimizer.natural_step(problem, state.theta, v, batch, grad.detach(), value)
+    else:
+        state.theta.grad = grad
+        state.optimizer.step()
     project_ball(state.theta, radius)
-    info = StepInfo(step=state.step, theta=state.theta.detach().clone(), v=v, batch=batch, loss=value, grad=grad.detach())
+    info = StepInfo(step=state.step, theta=state.theta.detach().clone(), v=v, batch=batch, loss=value, grad=grad.detach(),
+                    extras=extras)
     state.step += 1
     return info
 
@@ -180,13 +196,14 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
         state = InnerState.create(problem.theta0, pretrain)
         train_state(problem, state, v.detach(), pretrain.steps, pretrain_progress)
         pretrain_time = time.perf_counter() - start
-        state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr)
+        state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr, inner.damping)
         first = 0
     else:
         with torch.no_grad():
             v.copy_(resume["v"])
         outer_opt.load_state_dict(resume["outer_optimizer"])
         state = InnerState.create(resume["theta"], inner, inner.optimizer)
+        state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr, inner.damping)
         state.optimizer.load_state_dict(resume["inner_optimizer"])
         state.step, state.first_loss = int(resume["inner_step"]), resume["inner_first_loss"]
         estimator.load_state_dict(resume["estimator"])

@@ -34,8 +34,9 @@ class PretrainCfg:
 class InnerCfg:
     steps: int = 50  # T inner steps per outer step (BPN: 50)
     lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" or "sgd"
+    optimizer: str = "adam"  # "adam", "sgd", or natural gradient: "kfac" (K-FAC for PINNs), "engd" (dense Gauss–Newton)
     radius: float = 0.0  # projected SGD onto ‖θ‖ ≤ radius when > 0 (the paper's ball)
+    damping: float = 1e-3  # λ of the natural-gradient optimisers (kfac, engd); lr is their largest step
 
 
 @dataclass

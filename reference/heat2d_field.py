@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.fft import dstn
 
-from .heat2d import GRID_T, GRID_X, T, _phi, _psi
+from .heat2d import GRID_T, GRID_X, _phi, _psi
 
 N_SPACE = 63  # interior DST nodes per axis
 MEASURES = ("grid",)

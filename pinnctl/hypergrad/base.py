@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from torch import Tensor
@@ -33,6 +33,7 @@ class StepInfo:
     batch: Batch
     loss: float
     grad: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. the natural-gradient step's K-FAC statistics
 
 
 class Estimator(Protocol):

@@ -150,6 +150,8 @@ class KFAC:
         self._eig: list | None = None
 
     def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
+        if "kfac_stats" in step.extras:  # the natural-gradient inner step computed them already
+            return step.extras["kfac_stats"]
         if problem.kfac_factors is None:
             raise PinnctlError(f"problem '{problem.name}' provides no K-FAC factors; use curvature=gn or efim")
         theta = step.theta.detach().requires_grad_(True)
