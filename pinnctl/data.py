@@ -1,8 +1,8 @@
 """MNIST / Fashion-MNIST from local IDX files: never downloaded at run time.
 
 Where the files are looked for: the ``data_dir`` argument (CLI ``--set params.data_dir=...``)
-or else ``$PINNCTL_DATA`` (either one is then the only place), or else ``../shared/data``
-next to the source checkout or the working directory. Each dataset lives in its own folder (``mnist/``, ``fashion-mnist/``)
+or else ``$PINNCTL_DATA`` (either one is then the only place), or else ``shared/data`` in
+a folder above the source checkout or the working directory (``../shared/data``). Each dataset lives in its own folder (``mnist/``, ``fashion-mnist/``)
 with the four standard files, gzip-compressed (``.gz``) or not. A missing or corrupt file
 is a one-line error naming the expected path and how to get the file.
 """
@@ -28,12 +28,14 @@ HOW_TO_GET = ("get the official files (e.g. from the dataset's home page) and pu
 
 def default_roots(data_dir: str | Path | None = None) -> list[Path]:
     """An explicit ``data_dir`` or ``$PINNCTL_DATA`` is the only place looked at (an override,
-    not a hint); otherwise ``../shared/data`` of the checkout, then of the working directory."""
+    not a hint); otherwise ``shared/data`` in any folder above the package or the working
+    directory (the project keeps it next to the checkout: ``../shared/data``)."""
     if data_dir:
         return [Path(data_dir)]
     if os.environ.get("PINNCTL_DATA"):
         return [Path(os.environ["PINNCTL_DATA"])]
-    roots = [Path(__file__).resolve().parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    here, cwd = Path(__file__).resolve().parent, Path.cwd().resolve()
+    roots = [d / "shared" / "data" for d in (*here.parents, cwd, *cwd.parents)]
     return list(dict.fromkeys(roots))
 
 
@@ -66,7 +68,7 @@ def find_file(dataset: str, stem: str, data_dir: str | Path | None = None) -> Pa
             path = root / DATASETS[dataset] / name
             if path.exists():
                 return path
-    also = f" (also looked in {', '.join(str(r) for r in roots[1:])})" if len(roots) > 1 else ""
+    also = f" (and {len(roots) - 1} more places: shared/data above the checkout and the working directory)" if len(roots) > 1 else ""
     raise PinnctlError(f"missing data file: expected {roots[0] / DATASETS[dataset] / (stem + '.gz')}{also}; {HOW_TO_GET}")
 
 

@@ -135,6 +135,19 @@ def test_stochastic_methods_match_exact(cleaning_case, name, options, calls):
     assert _cos(h, exact) >= 0.9, f"{name}: cos {_cos(h, exact):.3f}"
 
 
+def _has(dataset: str) -> bool:
+    try:
+        data.find_file(dataset, "train-images-idx3-ubyte")
+        return True
+    except PinnctlError:
+        return False
+
+
+needs_mnist = pytest.mark.skipif(not _has("mnist"), reason="MNIST IDX files not found (set $PINNCTL_DATA to the folder "
+                                 "holding mnist/ and fashion-mnist/; the project keeps them in ../shared/data)")
+needs_fashion = pytest.mark.skipif(not _has("fashion-mnist"), reason="Fashion-MNIST IDX files not found (set $PINNCTL_DATA)")
+
+
 def _cleaning(out, *sets: str) -> dict:
     args = ["solve", "data_cleaning", "--quiet", "--out", str(out), "--set", "params.n_train=3000", "--set", "params.n_val=1000",
             "--set", "outer.steps=150", *[a for s in sets for a in ("--set", s)]]
@@ -142,6 +155,7 @@ def _cleaning(out, *sets: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@needs_mnist
 def test_short_cleaning_run_beats_uncleaned_baseline(tmp_path):
     """Same inner budget; the baseline keeps the uniform weights (outer lr 0)."""
     base = _cleaning(tmp_path / "base", "outer.lr=0")
@@ -153,12 +167,14 @@ def test_short_cleaning_run_beats_uncleaned_baseline(tmp_path):
     assert cleaned["metrics_last50_mean"]["test_loss"] < 0.8 * base["metrics_last50_mean"]["test_loss"]  # 0.88 vs 1.28
 
 
+@needs_mnist
 def test_problem_defaults_yield_to_user_settings(tmp_path):
     summary = _cleaning(tmp_path / "run", "inner.steps=3", "outer.steps=2", "method.options.M=2")
     cfg = summary["config"]
     assert cfg["inner"]["steps"] == 3 and cfg["inner"]["optimizer"] == "sgd" and cfg["method"]["options"]["M"] == 2
 
 
+@needs_fashion
 def test_distillation_smoke_writes_images_and_plots(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["solve", "distillation", "--preset", "smoke", "--quiet", "--out", str(out), "--method", "stocbio"]) == 0
