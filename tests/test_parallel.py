@@ -1,5 +1,6 @@
 """The curvature worker over torch.distributed (gloo on CPU): equivalence with inline mode,
-faults (killed and hung worker), bounded in-flight buffer. NCCL runs only with two GPUs."""
+faults (killed and hung worker), bounded in-flight buffer. GPU devices are refused until the
+problem compilers place tensors on them (docs/parallel.md), so there is no NCCL run to test yet."""
 
 from __future__ import annotations
 
