@@ -202,15 +202,21 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
         with torch.no_grad():
             v.copy_(resume["v"])
         outer_opt.load_state_dict(resume["outer_optimizer"])
-        state = InnerState.create(resume["theta"], inner, inner.optimizer)
-        state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr, inner.damping)
+        theta = resume["theta"].detach().clone().requires_grad_(True)
+        state = InnerState(theta, make_optimizer(inner.optimizer, theta, inner.lr, inner.damping))
         state.optimizer.load_state_dict(resume["inner_optimizer"])
         state.step, state.first_loss = int(resume["inner_step"]), resume["inner_first_loss"]
         estimator.load_state_dict(resume["estimator"])
         _restore_rng(resume["rng"])
         pretrain_time, first = float(resume["pretrain_time"]), int(resume["outer_step"])
         start = time.perf_counter() - float(resume["elapsed"])
-    last_good = snapshot(first, v, outer_opt, state, estimator, time.perf_counter() - start, pretrain_time)
+
+    def keep(k: int, elapsed: float) -> dict[str, Any] | None:
+        """The snapshot after k outer steps, only when there is somewhere to save it (it
+        deep-copies the optimiser states and, in parallel mode, asks the worker)."""
+        return snapshot(k, v, outer_opt, state, estimator, elapsed, pretrain_time) if checkpoint is not None else None
+
+    last_good = keep(first, time.perf_counter() - start)
     if checkpoint is not None and resume is None:
         checkpoint(last_good)
     history: list[OuterRecord] = []
@@ -220,7 +226,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
             history.append(record)
             if callback is not None:
                 callback(record)
-            last_good = snapshot(k + 1, v, outer_opt, state, estimator, record.wall_time, pretrain_time)
+            last_good = keep(k + 1, record.wall_time)
             if checkpoint is not None and ((checkpoint_every > 0 and (k + 1) % checkpoint_every == 0) or k == outer.steps - 1):
                 checkpoint(last_good)
     except (KeyboardInterrupt, PinnctlError):  # divergence, a dead curvature worker, ...
