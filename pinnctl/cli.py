@@ -265,19 +265,21 @@ def _discover_problem(name: str, params: dict[str, Any]) -> Any:
     return discover().get(name).build(**params)
 
 
-def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None]:
-    """A fresh config (preset → TOML → --set), or, with --resume, the run's own config plus --set."""
+def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None, Any]:
+    """A fresh config (preset → problem defaults → TOML → --set), or, with --resume, the run's own
+    config plus --set; with the problem object when it was built on the way (else None)."""
     sets = configmod.parse_sets(args.set or [])
     if args.resume is None:
         if args.problem is None:
             raise PinnctlError("solve needs a problem name (or --resume RUN_DIR)")
         top = {"problem": args.problem, "seed": args.seed, "method.name": args.method}
         cfg = configmod.resolve(args.preset, args.config, sets, **top)
-        problem_obj = _discover_problem(cfg.problem, cfg.params)
+        params = dict(cfg.params)
+        problem_obj = _discover_problem(cfg.problem, params)
         if hasattr(problem_obj, "config_defaults"):
             defaults = problem_obj.config_defaults(args.preset, cfg.method.name)
             cfg = configmod.resolve(args.preset, args.config, sets, problem_defaults=defaults, **top)
-        return cfg, None
+        return cfg, None, (problem_obj if cfg.params == params else None)
     from . import checkpoint as ckpt
     from . import runs
 
@@ -289,14 +291,15 @@ def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, d
         raise PinnctlError(f"--resume {args.resume} is a run of '{cfg.problem}', not '{args.problem}'")
     for key, value in sets.items():
         configmod.set_key(cfg, key, value)
-    return cfg, snap
+    return cfg, snap, None
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
+    from . import checkpoint as ckpt
     from . import runs
     from .hypergrad import known_methods
 
-    cfg, snap = _resolve_solve_config(args)
+    cfg, snap, problem_obj = _resolve_solve_config(args)
     if args.parallel:
         cfg.parallel.enabled = True
     if cfg.parallel.enabled:
@@ -314,7 +317,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     check_devices(cfg)
     if snap is not None and cfg.method.name in SOLVE_MODES:
         raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
-    problem_obj = _discover_problem(cfg.problem, cfg.params)
+    if problem_obj is None:
+        problem_obj = _discover_problem(cfg.problem, cfg.params)
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {args.preset})", quiet=args.quiet)
     _print("config: " + configmod.to_json(cfg), quiet=args.quiet)
     out = Path(args.resume) if snap is not None else _run_dir(cfg, args.out)
@@ -333,7 +337,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         (out / "summary.json").write_text(json.dumps({"status": status, "error": str(e), "config": configmod.to_dict(cfg)}, indent=1))
         if bilevel and (out / runs.RUN_FILE).exists():
             runs.set_status(out / runs.RUN_FILE, status, error=str(e))
-            _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, last good checkpoint in {out / 'checkpoint.pt'} "
+            _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, last good checkpoint in {out / ckpt.CHECKPOINT} "
                    f"(continue with: pinnctl solve --resume {out})", quiet=False)
         raise
     summary["status"] = "done"
