@@ -22,12 +22,13 @@ series is involved (see ``images_state``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Union
 
 import numpy as np
 from scipy.special import erf
+
+from ._optimum import Optimum
 
 Control = Union[Callable[[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]]
 MEASURES = ("grid", "continuum")
@@ -268,18 +269,6 @@ def certify(control: Control, *, nu: float) -> dict[str, float]:
     return {m: objective(control, nu=nu, measure=m) for m in MEASURES}
 
 
-@dataclass(frozen=True)
-class Optimum:
-    measure: str
-    nu: float
-    J: float
-    t: np.ndarray
-    f: np.ndarray
-
-    def control(self) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda tt: np.interp(np.asarray(tt, dtype=np.float64), self.t, self.f)
-
-
 @lru_cache(maxsize=16)
 def optimum(*, nu: float, measure: str = "grid", nodes: int = NODES_OPT) -> Optimum:
     """J* and f* over piecewise-linear controls on ``nodes`` nodes (normal equations, float64).
@@ -297,7 +286,7 @@ def optimum(*, nu: float, measure: str = "grid", nodes: int = NODES_OPT) -> Opti
         N, b, _ = _continuum_system(float(nu), nodes)
         f = np.linalg.solve(N, b)
     t = node_times(nodes)
-    return Optimum(measure, float(nu), objective((t, f), nu=nu, measure=measure), t, f)
+    return Optimum(measure, objective((t, f), nu=nu, measure=measure), t, f)
 
 
 def report(*, nu: float) -> str:

@@ -15,12 +15,13 @@ in J), so J at N = 128 is good to ~1e-6 absolute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
+
+from ._optimum import Optimum
 
 N_GRID = 128
 OBJ_N = 16  # objective grid spacing 1/16
@@ -94,14 +95,6 @@ def objective(f_values: np.ndarray, *, alpha: float = 0.0, n: int = N_GRID) -> f
 
 def certify(f_values: np.ndarray, *, alpha: float = 0.0) -> dict[str, float]:
     return {"grid": objective(f_values, alpha=alpha)}
-
-
-@dataclass(frozen=True)
-class Optimum:
-    measure: str
-    J: float
-    t: np.ndarray | None = None
-    f: np.ndarray | None = None
 
 
 def optimum(*, alpha: float = 0.0, measure: str = "grid") -> Optimum:
