@@ -37,7 +37,7 @@ class NaturalGradient:
     def __init__(self, params: list[Tensor], lr: float, damping: float = 1e-3, beta: float = 0.0) -> None:
         self.theta = params[0]
         self.lr, self.damping = lr, damping
-        self.curvature = KFAC(CurvatureOptions(beta=beta if beta > 0 else 1e-12, damping=damping))
+        self.curvature = KFAC(CurvatureOptions(beta=beta, damping=damping))  # beta 0: this batch's factors only
         self.last_eta = 0.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -252,12 +252,13 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
                 parent_pid: int | None = None) -> None:
     """Rank 1's entry point (spawned, or rank 1 of torchrun): build the same problem and estimator."""
     from . import config as configmod
-    from .solve_setup import build_problem_and_estimator
+    from .solve_setup import build
 
     cfg = configmod.from_dict(config)
     torch.set_num_threads(threads_per_process(cfg))
     _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
-    problem, estimator = build_problem_and_estimator(cfg)
+    setup = build(cfg)
+    problem, estimator = setup.problem, setup.estimator
     alive = _parent_alive(parent_pid) if parent_pid is not None else (lambda: True)
     channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, cfg.curvature_device),
                       max_inflight=cfg.parallel.max_inflight, timeout_s=float("inf"), alive=alive)

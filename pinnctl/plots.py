@@ -125,7 +125,7 @@ def plot_images(data: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "distilled_images.png", data)
 
 
-def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], Callable] | None:
+def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]] | None:
     """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
     import torch
 
@@ -153,14 +153,14 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
         u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype))[:, 0].double().numpy()
     exact = ref.state_at((arrays["control/t"], arrays["control/f"]), pts, **problem.params)
     shape = (len(times), SNAPSHOT_GRID, SNAPSHOT_GRID)
-    return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times, problem
+    return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times
 
 
 def plot_state_error(data: dict[str, Any], out: Path) -> Path | None:
     fields = _state_fields(data)
     if fields is None:
         return None
-    u, exact, extent, times, _ = fields
+    u, exact, extent, times = fields
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(times), figsize=(3.4 * len(times), 6.4), constrained_layout=True)
     vmax_u, vmax_e = np.abs(exact).max(), np.abs(u - exact).max()

@@ -449,19 +449,20 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
             with torch.no_grad():
                 return t_grid, control_values(problem.control, v, x).double().numpy()
 
-    if problem.reference is not None and control_samples is not None:
+    ref = load_reference(problem.reference) if problem.reference is not None else None
+    if ref is not None and control_samples is not None:
 
         def certify(v: Tensor) -> dict[str, float]:
-            return load_reference(problem.reference).certify(control_samples(v), **problem.params)
+            return ref.certify(control_samples(v), **problem.params)
 
-    elif problem.reference is not None and hasattr(load_reference(problem.reference), "control_points"):
+    elif ref is not None and hasattr(ref, "control_points"):
         # field controls: the reference says where it needs the control (e.g. its DST nodes)
-        ref_pts = torch.as_tensor(load_reference(problem.reference).control_points(**problem.params), dtype=torch.float32)
+        ref_pts = torch.as_tensor(ref.control_points(**problem.params), dtype=torch.float32)
 
         def certify(v: Tensor) -> dict[str, float]:
             with torch.no_grad():
                 values = torch.cat([control_values(problem.control, v, chunk) for chunk in ref_pts.split(1 << 16)])
-            return load_reference(problem.reference).certify(values.double().numpy(), **problem.params)
+            return ref.certify(values.double().numpy(), **problem.params)
 
     return BilevelProblem(
         name=problem.name,

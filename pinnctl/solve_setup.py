@@ -45,8 +45,3 @@ def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
     else:
         problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
     return Setup(problem_obj, problem, estimator)
-
-
-def build_problem_and_estimator(cfg: Any) -> tuple[BilevelProblem, Estimator]:
-    setup = build(cfg)
-    return setup.problem, setup.estimator

@@ -86,8 +86,8 @@ class _HVPMethod:
                                    self.opts.power_iterations, seed=step)
             self.eta = 1.0 / lam if lam > 0 else 1.0
         w = self.solve(H, b, step)
-        lw = sum(cross_vjp(problem, theta, v, problem.sample(SAMPLE_OFFSET + step * PER_STEP + PER_STEP - 1 - m),
-                           w.to(theta.dtype)) for m in range(self.opts.cross_batches)) / self.opts.cross_batches
+        lw = sum(cross_vjp(problem, theta, v, self._batch(problem, step, PER_STEP - 1 - m), w.to(theta.dtype))
+                 for m in range(self.opts.cross_batches)) / self.opts.cross_batches
         return (gv - lw).detach(), {"outer_loss": f, "ihvp_norm": float(w.norm()), "hvp_count": counter["k"], "eta": self.eta}
 
     def solve(self, H: Any, b: Tensor, step: int) -> Tensor:
