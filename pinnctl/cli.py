@@ -305,6 +305,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if cfg.parallel.enabled:
         from . import parallel
 
+        parallel.check_config(cfg.parallel)  # before any run directory or process exists
         if parallel.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
             parallel.check_torchrun_world()
             parallel.worker_main(configmod.to_dict(cfg))

@@ -65,6 +65,15 @@ class WorkerError(RunError):
     """The curvature worker died, hung past the timeout, or failed."""
 
 
+def check_config(par: Any) -> None:
+    """parallel.* keys, checked before any process is started."""
+    if par.stream not in STREAMS:
+        raise PinnctlError(f"unknown parallel.stream '{par.stream}'; known: {', '.join(STREAMS)}")
+    if par.max_inflight < 1 or not par.timeout_s > 0 or par.threads < 0:
+        raise PinnctlError(f"parallel needs max_inflight ≥ 1, timeout_s > 0 and threads ≥ 0; got max_inflight="
+                           f"{par.max_inflight}, timeout_s={par.timeout_s}, threads={par.threads}")
+
+
 def threads_per_process(cfg: Any) -> int:
     return cfg.parallel.threads if cfg.parallel.threads > 0 else max(1, (os.cpu_count() or 2) // 2)
 
@@ -157,8 +166,6 @@ class RemoteEstimator:
     """Rank 0's view of the worker: the Estimator protocol, implemented by messages."""
 
     def __init__(self, local: Estimator, channel: Channel, stream: str = "theta") -> None:
-        if stream not in STREAMS:
-            raise PinnctlError(f"unknown parallel.stream '{stream}'; known: {', '.join(STREAMS)}")
         self.local, self.channel, self.stream = local, channel, stream
 
     def collect(self, problem: Any, step: StepInfo) -> dict[str, Any]:
@@ -285,6 +292,7 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     """Start (or join, under torchrun) the curvature worker and yield rank 0's proxy for it.
 
     On any error the worker is stopped hard (kill + join), so no process is left behind."""
+    check_config(cfg.parallel)
     backend = backend_for(cfg.device, cfg.curvature_device)
     proc = None
     if torchrun_rank() is not None:

@@ -138,3 +138,10 @@ def test_gpu_devices_are_refused_until_supported(capsys):
     assert main(["solve", "heat2d", "--preset", "smoke", "--parallel", "--set", "device=cuda:0",
                  "--set", "curvature_device=cuda:1"]) == 2
     assert "only 'cpu' is supported so far" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, match", [("parallel.stream", "grads", "unknown parallel.stream 'grads'"),
+                                               ("parallel.max_inflight", "0", "max_inflight ≥ 1")])
+def test_bad_parallel_settings_are_one_line_errors(tmp_path, capsys, key, value, match):
+    assert main([*BASE, "--out", str(tmp_path / "run"), "--parallel", "--set", f"{key}={value}"]) == 2
+    assert match in capsys.readouterr().err and not _workers() and not (tmp_path / "run").exists()
