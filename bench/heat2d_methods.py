@@ -1,7 +1,7 @@
-"""NHGD vs Broyden (bpn, fast) vs Neumann vs CG on heat2d, side by side in one process.
+"""NHGD (Adam, ENGD or K-FAC inner steps) vs NBO vs Broyden vs Neumann vs CG on heat2d, side by side.
 
 Same seed, same pretrained state (pretraining runs once and is shared), same inner loop
-and outer optimiser; only the hypergradient differs. Each method gets the same number
+(50 Adam steps per outer step unless the entry says otherwise) and outer optimiser. Each method gets the same number
 of outer steps and a wall-clock cap; the certified J (exact reference, grid measure)
 is recorded every outer step. Reported per method: final and best certified J / J*,
 time per outer step (split inner / curvature / hypergradient), and the wall-clock time
@@ -25,13 +25,21 @@ from pinnctl.discovery import discover
 from pinnctl.hypergrad import make_method
 from pinnctl.problem import compile_problem, load_reference
 
+# name: (method, method options, inner-loop settings over the 50 Adam steps of BPN)
+ENGD_INNER = {"optimizer": "engd", "steps": 1, "lr": 1.0, "damping": 1e-4}  # one ENGD step ≈ 3 s (docs/natural-gradient.md)
+KFAC_INNER = {"optimizer": "kfac", "steps": 10, "lr": 1.0, "damping": 1e-3}
 METHODS = {
-    "nhgd": ("nhgd", {}),
-    "nhgd-every5": ("nhgd", {"every": 5}),
-    "broyden-bpn": ("broyden", {"variant": "bpn"}),
-    "broyden-fast": ("broyden", {"variant": "fast"}),
-    "neumann": ("neumann", {"terms": 20}),
-    "cg": ("cg", {"maxiter": 20, "damping": 1e-4}),
+    "nhgd": ("nhgd", {}, {}),
+    "nhgd-every5": ("nhgd", {"every": 5}, {}),
+    "nhgd+engd": ("nhgd", {}, ENGD_INNER),
+    "nhgd+kfac": ("nhgd", {}, KFAC_INNER),
+    "nbo-gd": ("nbo", {"solver": "gd", "steps": 10}, {}),
+    "nbo-cg": ("nbo", {"solver": "cg", "steps": 20, "damping": 1e-4}, {}),
+    "nbo-gn": ("nbo", {"solver": "cg", "steps": 20, "matrix": "gn", "damping": 1e-4}, {"steps": 10}),
+    "broyden-bpn": ("broyden", {"variant": "bpn"}, {}),
+    "broyden-fast": ("broyden", {"variant": "fast"}, {}),
+    "neumann": ("neumann", {"terms": 20}, {}),
+    "cg": ("cg", {"maxiter": 20, "damping": 1e-4}, {}),
 }
 TARGETS = (2.0, 1.5, 1.2, 1.1, 1.05)
 
@@ -40,7 +48,7 @@ class _Stop(Exception):
     pass
 
 
-def run_method(prob, method, options, pretrained, outer_steps, cap_s):
+def run_method(prob, method, options, inner, pretrained, outer_steps, cap_s):
     records = []
     start = time.perf_counter()
 
@@ -55,7 +63,7 @@ def run_method(prob, method, options, pretrained, outer_steps, cap_s):
     theta_saved = prob.theta0
     prob.theta0 = pretrained.clone()
     try:
-        run(prob, make_method(method, options), pretrain=PretrainCfg(steps=0), inner=InnerCfg(steps=50),
+        run(prob, make_method(method, options), pretrain=PretrainCfg(steps=0), inner=InnerCfg(**{"steps": 50, **inner}),
             outer=OuterCfg(steps=outer_steps), certify_every=1, callback=callback)
     except _Stop:
         pass
@@ -93,6 +101,8 @@ def main() -> None:
     ap.add_argument("--pretrain", type=int, default=1000)
     ap.add_argument("--cap-s", type=float, default=600.0, help="wall-clock cap per method (s)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--name", default="heat2d_methods", help="result file bench/results/<name>.json")
+    ap.add_argument("--baseline", default="nhgd", help="the row the speed-ups are taken against")
     args = ap.parse_args()
 
     problem = discover().get("heat2d").build()
@@ -106,15 +116,15 @@ def main() -> None:
 
     rows = []
     for name in args.methods.split(","):
-        method, options = METHODS[name]
-        records = run_method(prob, method, copy.deepcopy(options), pretrained, args.outer_steps, args.cap_s)
+        method, options, inner = METHODS[name]
+        records = run_method(prob, method, copy.deepcopy(options), inner, pretrained, args.outer_steps, args.cap_s)
         rows.append(summarise(name, records, j_star))
         r = rows[-1]
         print(f"  {name:<13} steps {r['outer_steps']:4d}  final J/J* {r['final_J_over_Jstar']:.3f}  best {r['best_J_over_Jstar']:.3f}  "
               f"{r['time_per_outer_step_s']:.2f} s/step (inner {r['inner_s']:.2f} curv {r['curvature_s']:.2f} hyper {r['hypergrad_s']:.2f})  "
               f"t(≤1.2J*) {r['time_to']['1.2']}", flush=True)
 
-    nhgd = next((r for r in rows if r["method"] == "nhgd"), None)
+    nhgd = next((r for r in rows if r["method"] == args.baseline), None)
     speedups = {}
     if nhgd:
         for r in rows:
@@ -122,9 +132,9 @@ def main() -> None:
                 continue
             speedups[r["method"]] = {t: (r["time_to"][t] / nhgd["time_to"][t]) if r["time_to"][t] and nhgd["time_to"][t] else None
                                      for t in nhgd["time_to"]}
-    path = write_result("heat2d_methods", {"args": vars(args), "J_star_grid": j_star, "rows": rows, "nhgd_speedup": speedups})
+    path = write_result(args.name, {"args": vars(args), "J_star_grid": j_star, "rows": rows, "nhgd_speedup": speedups})
     best = min(rows, key=lambda r: r["best_J_over_Jstar"] or 1e9)
-    print(f"heat2d_methods: best J/J* {best['best_J_over_Jstar']:.3f} ({best['method']}); NHGD speed-up to 1.2·J*: "
+    print(f"{args.name}: best J/J* {best['best_J_over_Jstar']:.3f} ({best['method']}); {args.baseline} speed-up to 1.2·J*: "
           + ", ".join(f"{k} {v['1.2']:.1f}x" if v["1.2"] else f"{k} n/a" for k, v in speedups.items()) + f" -> {path}")
 
 

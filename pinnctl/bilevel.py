@@ -251,6 +251,11 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         t_curv += time.perf_counter() - t1
     t0 = time.perf_counter()
     h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
+    theta_step = hinfo.pop("theta_step", None)
+    if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
+        with torch.no_grad():
+            state.theta.add_(theta_step.to(state.theta.dtype))
+        project_ball(state.theta, inner.radius)
     t_hyper = time.perf_counter() - t0
     hnorm = float(h.norm())
     check_finite(hnorm, f"hypergradient norm at outer step {k}")

@@ -101,9 +101,11 @@ def cleaning_case():
 # ones use 64-sample Hessians, so cos ≥ 0.9 (issue 8) after their own warm-up where they have one.
 # One minibatch's cross term touches only that batch's weights (cos ≈ √(64/200) against the full
 # hypergradient by construction), so the stochastic ones average the cross term over 20 batches.
-DETERMINISTIC = [("neumann", {"terms": 200}), ("cg", {"maxiter": 50}), ("nhgd", {"curvature": "gn", "cross": "full"})]
+DETERMINISTIC = [("neumann", {"terms": 200}), ("cg", {"maxiter": 50}), ("nhgd", {"curvature": "gn", "cross": "full"}),
+                 ("nbo", {"solver": "cg", "steps": 50})]
 STOCHASTIC = [("stocbio", {"terms": 50, "cross_batches": 20}, 1), ("amigo", {"terms": 20, "cross_batches": 20}, 10),
-              ("soba", {"cross_batches": 20}, 200), ("ttsa", {"terms": 50, "cross_batches": 20}, 200)]
+              ("soba", {"cross_batches": 20}, 200), ("ttsa", {"terms": 50, "cross_batches": 20}, 200),
+              ("nsbo", {"steps": 20, "cross_batches": 20, "newton": False}, 10)]
 
 
 @pytest.mark.parametrize("name, options", DETERMINISTIC)

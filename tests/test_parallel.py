@@ -78,6 +78,23 @@ def test_parallel_matches_inline(inline_run, tmp_path, stream):
     assert not _workers()
 
 
+def test_parallel_nbo_moves_theta_like_inline(tmp_path):
+    """NBO's Newton step comes back from the worker as a tensor in the reply and moves θ on rank 0."""
+    nbo = ["--method", "nbo", "--set", "method.options.steps=3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*BASE, *nbo, "--out", str(tmp_path / "inline")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*BASE, *nbo, "--out", str(tmp_path / "par"), "--parallel", "--set", "parallel.threads=1"]) == 0
+    a, b = _numbers(tmp_path / "inline"), _numbers(tmp_path / "par")
+    assert (a["info/newton_scale"] > 0).any()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=0, err_msg=key)
+    assert not _workers()
+
+
 def _at_inner_call(monkeypatch, n: int, action) -> None:
     import pinnctl.bilevel as bl
 

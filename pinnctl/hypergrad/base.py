@@ -20,7 +20,7 @@ from ..problem import Batch, BilevelProblem
 
 _REGISTRY: dict[str, type] = {}
 # Modules that register methods on import; imported lazily by make_method/known_methods.
-_METHOD_MODULES = ("nhgd", "exact", "neumann", "cg", "broyden", "stochastic")
+_METHOD_MODULES = ("nhgd", "exact", "neumann", "cg", "broyden", "stochastic", "nbo")
 
 
 @dataclass
