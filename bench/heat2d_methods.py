@@ -35,7 +35,11 @@ METHODS = {
     "nhgd+kfac": ("nhgd", {}, KFAC_INNER),
     "nbo-gd": ("nbo", {"solver": "gd", "steps": 10}, {}),
     "nbo-cg": ("nbo", {"solver": "cg", "steps": 20, "damping": 1e-4}, {}),
+    "nbo-cg-cold": ("nbo", {"solver": "cg", "steps": 20, "damping": 1e-4, "warm_start": False}, {}),
+    "nbo-cg-no-newton": ("nbo", {"solver": "cg", "steps": 20, "damping": 1e-4, "newton": False}, {}),
+    "nbo-gd-cold": ("nbo", {"solver": "gd", "steps": 10, "warm_start": False}, {}),
     "nbo-gn": ("nbo", {"solver": "cg", "steps": 20, "matrix": "gn", "damping": 1e-4}, {"steps": 10}),
+    "nbo-gn-cold": ("nbo", {"solver": "cg", "steps": 20, "matrix": "gn", "damping": 1e-4, "warm_start": False}, {"steps": 10}),
     "broyden-bpn": ("broyden", {"variant": "bpn"}, {}),
     "broyden-fast": ("broyden", {"variant": "fast"}, {}),
     "neumann": ("neumann", {"terms": 20}, {}),
@@ -89,6 +93,9 @@ def summarise(name, records, j_star):
         "time_to": {f"{t:g}": next((w for w, c in cert if c <= t * j_star), None) for t in TARGETS},
         "trace": cert,
     }
+    for key in ("ihvp_norm", "newton_scale", "newton_norm"):  # per-step diagnostics where the method reports them
+        if records and key in records[0].info:
+            row[f"{key}_trace"] = [r.info.get(key) for r in records]
     residuals = [r.info.get("residual") for r in records if "residual" in r.info]
     if residuals:
         row["mean_solver_residual"] = sum(residuals) / len(residuals)

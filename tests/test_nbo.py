@@ -119,6 +119,9 @@ def test_warm_started_u_converges_over_outer_steps():
     assert all(b < a for a, b in zip(residuals, residuals[1:]))
     assert residuals[-1] < 1e-5 * residuals[0]  # measured 4e-8 from 4e-2
     torch.testing.assert_close(est.u, u_dense, rtol=1e-5, atol=1e-8)
+    cold = make_method("nbo", {"solver": "gd", "steps": 5, "newton": False, "warm_start": False})
+    cold_residuals = [cold.hypergradient(prob, theta, v, k)[1]["ihvp_residual"] for k in range(5)]
+    assert min(cold_residuals) > 0.5 * residuals[0]  # from 0 every call: no progress across calls
 
 
 def test_newton_step_is_searched_and_skipped_when_it_does_not_help():
@@ -192,3 +195,19 @@ def test_resume_continues_with_the_warm_started_u(name):
                   resume=middle)
     torch.testing.assert_close(resumed.v, full.v, rtol=0, atol=0)
     torch.testing.assert_close(resumed.theta, full.theta, rtol=0, atol=0)
+
+
+def test_a_warm_start_worse_than_zero_is_dropped():
+    """heat2d's indefinite Hessian made warm-started u grow to 1e15 (docs/nbo.md); a warm start whose
+    residual exceeds ‖∇_θ f‖ is replaced by 0, so the solve equals the cold one."""
+    prob, truth = quadratic(p=8, q=3)
+    v, theta = prob.v0, torch.zeros(8, dtype=torch.float64)
+    opts = {"solver": "cg", "steps": 3, "newton": False}
+    cold, _ = make_method("nbo", {**opts, "warm_start": False}).hypergradient(prob, theta, v, 0)
+    est = make_method("nbo", opts)
+    est.u = torch.full((8,), 1e6, dtype=torch.float64)
+    h, info = est.hypergradient(prob, theta, v, 0)
+    assert info["warm_restart"] == 1.0
+    torch.testing.assert_close(h, cold)
+    h2, info2 = est.hypergradient(prob, theta, v, 1)  # now a good warm start: kept
+    assert info2["warm_restart"] == 0.0 and info2["ihvp_residual"] < info["ihvp_residual"]

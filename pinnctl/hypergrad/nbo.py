@@ -110,6 +110,10 @@ class NewtonOptions:
     damping: float = 0.0  # λ in (C + λI)
     newton: bool = True  # take the inner step θ ← θ − s·d (off: u only, the hypergradient at θ)
     search: bool = True  # backtrack s on the batch loss (off: s = 1 always)
+    # start u from the previous outer step's (the paper). Off: from 0 every step. On an
+    # indefinite H (PINNs) the warm-started u can grow without bound; nbo therefore drops a
+    # warm start whose residual is worse than zero's (reported as warm_restart)
+    warm_start: bool = True
 
     def validate(self) -> None:
         if self.matrix not in MATRICES:
@@ -132,6 +136,9 @@ class _Newton:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.u, self.power_vector, self.lambda_max = state["u"], state["power_vector"], state["lambda_max"]
+
+    def _u0(self, like: Tensor) -> Tensor:
+        return self.u if self.u is not None and self.opts.warm_start else torch.zeros_like(like)
 
     def step_size(self, curv: SharedCurvature, step: int) -> float:
         """η = 1/λ̂_max of C + λI; the power iteration restarts from last step's vector, so a
@@ -203,8 +210,12 @@ class NBO(_Newton, LastBatch):
         curv = shared_curvature(problem, theta, v, batch, o.matrix, o.damping)
         gt = outer_grads(problem, theta, v)[1].double()
         B = torch.stack([curv.grad, gt], 1)
-        X0 = torch.stack([torch.zeros_like(gt), self.u if self.u is not None else torch.zeros_like(gt)], 1)
+        X0 = torch.stack([torch.zeros_like(gt), self._u0(gt)], 1)
         info: dict[str, Any] = {}
+        if self.u is not None and o.warm_start:  # a warm start worse than zero is dropped
+            info["warm_restart"] = float((curv.matmat(X0[:, 1:]) - B[:, 1:]).norm() >= B[:, 1].norm())
+            if info["warm_restart"]:
+                X0[:, 1] = 0.0
         X = self._solve(curv, B, X0, o.steps, step, info)
         residual = (curv.matmat(X) - B).norm(dim=0) / B.norm(dim=0).clamp_min(1e-300)
         info.update(newton_residual=float(residual[0]), ihvp_residual=float(residual[1]), hvp_count=curv.counter["hvp"])
@@ -260,7 +271,7 @@ class NSBO(_Newton):
         o = self.opts
         gt = outer_grads(problem, theta, v)[1].double()
         d = torch.zeros_like(gt)
-        u = self.u if self.u is not None else torch.zeros_like(gt)
+        u = self._u0(gt)
         hvps, eta = 0, 0.0
         for k in range(o.steps):
             curv = shared_curvature(problem, theta, v, self._batch(problem, step, k), o.matrix, o.damping)
