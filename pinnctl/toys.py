@@ -75,3 +75,20 @@ def logistic_cleaning(n_train: int = 200, n_val: int = 100, dim: int = 5, classe
     x_val, y_val = make(n_val, 0.0)
     return cleaning_problem(x_tr, y_tr, x_val, y_val, lam=lam, batch_size=batch_size, seed=seed,
                             name="logistic_cleaning", classes=classes)
+
+
+def converged_theta(prob: BilevelProblem, v: Tensor, max_iter: int = 500) -> Tensor:
+    """θ*(v) of a full-batch problem by L-BFGS with a strong-Wolfe line search, to the tolerance
+    tests of exact hypergradients need (the reference point of their error measurements)."""
+    theta = prob.theta0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=max_iter, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = prob.inner_loss(theta, v, prob.full_batch())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return theta.detach()

@@ -14,7 +14,7 @@ import torch
 from pinnctl import PinnctlError, data
 from pinnctl.cli import main
 from pinnctl.hypergrad import make_method
-from pinnctl.toys import logistic_cleaning
+from pinnctl.toys import converged_theta, logistic_cleaning
 
 
 def _write_idx(path, arr: np.ndarray, compress: bool) -> None:
@@ -73,26 +73,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def _converged_state(prob, v, steps: int = 400) -> torch.Tensor:
-    theta = prob.theta0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-14)
-
-    def closure():
-        opt.zero_grad()
-        loss = prob.inner_loss(theta, v, prob.full_batch())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return theta.detach()
-
-
 @pytest.fixture(scope="module")
 def cleaning_case():
     """Minibatches of 64 out of 200 samples: the stochastic methods see real noise."""
     prob = logistic_cleaning(n_train=200, n_val=100, batch_size=64, lam=1e-2)
     v = torch.linspace(0.1, 0.9, 200, dtype=torch.float64)
-    theta = _converged_state(prob, v)
+    theta = converged_theta(prob, v)
     exact, _ = make_method("exact").hypergradient(prob, theta, v, 0)
     return prob, theta, v, exact
 

@@ -9,7 +9,7 @@ from pinnctl import PinnctlError
 from pinnctl.bilevel import run
 from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
 from pinnctl.hypergrad import make_method
-from pinnctl.toys import logistic_cleaning, quadratic
+from pinnctl.toys import converged_theta, logistic_cleaning, quadratic
 
 
 def _grad(prob, theta, v, batch):
@@ -43,18 +43,7 @@ def logistic():
     """Full-batch logistic cleaning, θ converged by L-BFGS (the reference point θ*)."""
     prob = logistic_cleaning(n_train=120, n_val=60, dim=4, classes=3, lam=1e-2)
     v = torch.linspace(0.1, 0.9, 120, dtype=torch.float64)
-    theta = prob.theta0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = prob.inner_loss(theta, v, prob.full_batch())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return prob, v, theta.detach()
+    return prob, v, converged_theta(prob, v)
 
 
 def _away(theta, eps, seed=1):
