@@ -104,7 +104,7 @@ def test_nhgd_efim_matches_exact_on_logistic_with_per_sample_steps():
 
 
 def test_unknown_method_and_bad_options_are_one_line_errors():
-    with pytest.raises(PinnctlError, match=r"unknown method 'nhdg'; known: amigo, broyden, cg, exact, neumann, nhgd, soba, stocbio, ttsa"):
+    with pytest.raises(PinnctlError, match=r"unknown method 'nhdg'; known: amigo, broyden, cg, exact, nbo, neumann, nhgd, nsbo, soba, stocbio, ttsa"):
         make_method("nhdg")
     with pytest.raises(PinnctlError, match="unknown curvature 'fisher'"):
         make_method("nhgd", {"curvature": "fisher"})
