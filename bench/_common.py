@@ -7,7 +7,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,3 +35,20 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1, default=float))
     return path
+
+
+class CapReached(Exception):
+    """Raised by a ``capped`` callback: the run has used its wall-clock budget."""
+
+
+def capped(cap_s: float, records: list) -> Callable[[Any], None]:
+    """A ``bilevel.run`` callback that collects the outer records and stops the run (raising
+    CapReached) after the first step that ends more than ``cap_s`` seconds from now."""
+    start = time.perf_counter()
+
+    def callback(rec: Any) -> None:
+        records.append(rec)
+        if time.perf_counter() - start > cap_s:
+            raise CapReached
+
+    return callback

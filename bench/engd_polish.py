@@ -17,29 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
-from _common import write_result
+from _common import CapReached, capped, write_result
 from pinnctl.bilevel import DivergenceError, run
 from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
 from pinnctl.discovery import discover
 from pinnctl.hypergrad import make_method
 from pinnctl.problem import compile_problem, load_reference
-
-
-class _Stop(Exception):
-    pass
-
-
-def capped(cap_s: float, records: list):
-    start = time.perf_counter()
-
-    def callback(rec):
-        records.append(rec)
-        if time.perf_counter() - start > cap_s:
-            raise _Stop
-
-    return callback
 
 
 def main() -> None:
@@ -64,7 +48,7 @@ def main() -> None:
         run(prob, make_method("nhgd", {"every": 5}), pretrain=PretrainCfg(steps=args.pretrain), inner=InnerCfg(steps=50),
             outer=OuterCfg(steps=10**6), certify_every=1, callback=capped(args.phase1_s, phase1),
             checkpoint=keep, checkpoint_every=1)
-    except _Stop:
+    except CapReached:
         pass
     start = snaps[-1]
     start["outer_optimizer"]["param_groups"][0]["lr"] = args.outer_lr
@@ -88,7 +72,7 @@ def main() -> None:
             run(prob, make_method("nhgd", {"every": 5}), pretrain=PretrainCfg(steps=0), inner=inner,
                 outer=OuterCfg(steps=10**6, lr=args.outer_lr), certify_every=1, callback=capped(args.phase2_s, records),
                 resume=snap)
-        except _Stop:
+        except CapReached:
             pass
         except DivergenceError as e:
             status = f"diverged: {e}"

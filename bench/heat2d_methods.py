@@ -18,7 +18,7 @@ import argparse
 import copy
 import time
 
-from _common import write_result
+from _common import CapReached, capped, write_result
 from pinnctl.bilevel import InnerState, run, train_state
 from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
 from pinnctl.discovery import discover
@@ -48,19 +48,8 @@ METHODS = {
 TARGETS = (2.0, 1.5, 1.2, 1.1, 1.05)
 
 
-class _Stop(Exception):
-    pass
-
-
 def run_method(prob, method, options, inner, pretrained, outer_steps, cap_s):
-    records = []
-    start = time.perf_counter()
-
-    def callback(rec):
-        records.append(rec)
-        if time.perf_counter() - start > cap_s:
-            raise _Stop
-
+    records: list = []
     import pinnctl.bilevel as bl
 
     # the shared pretrained state: run() with zero pretraining steps starting from it
@@ -68,8 +57,8 @@ def run_method(prob, method, options, inner, pretrained, outer_steps, cap_s):
     prob.theta0 = pretrained.clone()
     try:
         run(prob, make_method(method, options), pretrain=PretrainCfg(steps=0), inner=InnerCfg(**{"steps": 50, **inner}),
-            outer=OuterCfg(steps=outer_steps), certify_every=1, callback=callback)
-    except _Stop:
+            outer=OuterCfg(steps=outer_steps), certify_every=1, callback=capped(cap_s, records))
+    except CapReached:
         pass
     except bl.DivergenceError as e:
         print(f"  {method}: diverged ({e})")

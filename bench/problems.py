@@ -13,9 +13,8 @@ Writes bench/results/problems.json and prints a table and a one-line summary.
 from __future__ import annotations
 
 import argparse
-import time
 
-from _common import write_result
+from _common import CapReached, capped, write_result
 
 from pinnctl import config as configmod
 from pinnctl.bilevel import DivergenceError, run
@@ -25,10 +24,6 @@ PROBLEMS = ("heat2d_field", "burgers1d", "poisson2d")
 METHODS = {"nhgd": ("nhgd", {}), "broyden-fast": ("broyden", {"variant": "fast"})}
 
 
-class _Stop(Exception):
-    pass
-
-
 def run_one(problem: str, method_key: str, args) -> dict:
     method, options = METHODS[method_key]
     sets = {"pretrain.steps": args.pretrain, "outer.steps": args.outer_steps, "certify_every": args.certify_every,
@@ -36,18 +31,12 @@ def run_one(problem: str, method_key: str, args) -> dict:
     cfg = configmod.resolve("quick", sets=sets, **{"problem": problem, "method.name": method})
     setup = build(cfg)
     j0 = setup.problem.certify(setup.problem.v0)["grid"]
-    records, start = [], time.perf_counter()
-
-    def callback(rec):
-        records.append(rec)
-        if time.perf_counter() - start > args.cap_s:
-            raise _Stop
-
+    records: list = []
     status = "done"
     try:
         run(setup.problem, setup.estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer,
-            certify_every=cfg.certify_every, callback=callback)
-    except _Stop:
+            certify_every=cfg.certify_every, callback=capped(args.cap_s, records))
+    except CapReached:
         status = "capped"
     except DivergenceError as e:
         status = f"diverged: {e}"
