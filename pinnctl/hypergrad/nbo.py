@@ -58,6 +58,7 @@ class SharedCurvature:
     grad: Tensor  # float64
     matmat: Callable[[Tensor], Tensor]
     counter: dict[str, int]
+    loss: float  # ℓ on the batch (the Newton step's search starts from it)
 
 
 def shared_curvature(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, matrix: str,
@@ -66,7 +67,9 @@ def shared_curvature(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: B
     v = v.detach()
     if matrix == "hessian":
         th = theta.detach().requires_grad_(True)
-        g = torch.autograd.grad(problem.inner_loss(th, v, batch), th, create_graph=True)[0]
+        value = problem.inner_loss(th, v, batch)
+        loss = float(value.detach())
+        g = torch.autograd.grad(value, th, create_graph=True)[0]
 
         def product(x: Tensor) -> Tensor:
             return torch.autograd.grad(g, th, grad_outputs=x.to(g.dtype), retain_graph=True)[0]
@@ -77,6 +80,7 @@ def shared_curvature(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: B
         def fn(t: Tensor) -> Tensor:
             return scaled_residuals(problem, t, v, batch)
 
+        loss = float(problem.inner_loss(theta.detach(), v, batch).detach())  # the residual rows need not be ℓ's
         r, vjp = torch.func.vjp(fn, theta.detach())
         g = vjp(r)[0]  # Jᵀ r̃ = ∇_θ ℓ for ℓ = Σ w·mean(r²)
 
@@ -87,7 +91,7 @@ def shared_curvature(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: B
         counter["hvp"] += X.shape[1]
         return torch.stack([product(x).detach().double() for x in X.T], 1) + damping * X
 
-    return SharedCurvature(g.detach().double(), matmat, counter)
+    return SharedCurvature(g.detach().double(), matmat, counter, loss)
 
 
 def newton_scale(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, d: Tensor, loss: float) -> float:
@@ -206,7 +210,6 @@ class NBO(_Newton, LastBatch):
     def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
         o = self.opts
         batch = problem.full_batch() if o.batch == "full" else self.batch_for(problem, step)
-        loss = float(problem.inner_loss(theta.detach(), v.detach(), batch).detach())
         curv = shared_curvature(problem, theta, v, batch, o.matrix, o.damping)
         gt = outer_grads(problem, theta, v)[1].double()
         B = torch.stack([curv.grad, gt], 1)
@@ -227,7 +230,7 @@ class NBO(_Newton, LastBatch):
             info["hvp_count"] += again.counter["hvp"]
             return u
 
-        return self.finish(problem, theta, v, X[:, 0], X[:, 1], batch, loss, [batch], info,
+        return self.finish(problem, theta, v, X[:, 0], X[:, 1], batch, curv.loss, [batch], info,
                            refine if o.resolve > 0 else None)
 
     def _solve(self, curv: SharedCurvature, B: Tensor, X0: Tensor, iterations: int, step: int,
