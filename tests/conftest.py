@@ -30,6 +30,18 @@ def tiny_heat(nu: float = 0.1, widths=(3, 8, 8, 1), n: int = 32) -> PDEProblem:
     )
 
 
+def dense_gn_step(prob, theta, v, batch, damping):
+    """(JᵀJ + λI)⁻¹ g with J the Jacobian of the scaled residual vector, by autograd, dense:
+    the independent truth for the Gauss–Newton steps of ENGD and NBO."""
+    def scaled(t):
+        return torch.cat([r * (2.0 * w / r.numel()) ** 0.5 for r, w in prob.residuals(t, v, batch).values()])
+
+    J = torch.autograd.functional.jacobian(scaled, theta.detach().double()).double()
+    t = theta.detach().clone().requires_grad_(True)
+    g = torch.autograd.grad(prob.inner_loss(t, v, batch), t)[0].double()
+    return torch.linalg.solve(J.T @ J + damping * torch.eye(J.shape[1], dtype=torch.float64), g)
+
+
 @pytest.fixture
 def tiny_problem():
     return compile_problem(tiny_heat(), seed=0)

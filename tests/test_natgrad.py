@@ -2,21 +2,11 @@
 step, computed independently here; K-FAC steps reduce the loss; NHGD reuses their statistics."""
 
 import torch
+from conftest import dense_gn_step
 
 from pinnctl.bilevel import InnerState, inner_step, make_optimizer
 from pinnctl.config import InnerCfg
 from pinnctl.hypergrad import make_method
-
-
-def _dense_gn_step(prob, theta, v, batch, damping):
-    """(JᵀJ + λI)⁻¹ g with J the Jacobian of the scaled residual vector, by autograd, dense."""
-    def scaled(t):
-        return torch.cat([r * (2.0 * w / r.numel()) ** 0.5 for r, w in prob.residuals(t, v, batch).values()])
-
-    J = torch.autograd.functional.jacobian(scaled, theta.detach().double()).double()
-    t = theta.detach().clone().requires_grad_(True)
-    g = torch.autograd.grad(prob.inner_loss(t, v, batch), t)[0].double()
-    return torch.linalg.solve(J.T @ J + damping * torch.eye(J.shape[1], dtype=torch.float64), g)
 
 
 def test_engd_direction_is_the_dense_gauss_newton_step(tiny_problem):
@@ -27,7 +17,7 @@ def test_engd_direction_is_the_dense_gauss_newton_step(tiny_problem):
     t = theta.clone().requires_grad_(True)
     g = torch.autograd.grad(prob.inner_loss(t, v, batch), t)[0]
     d, _ = opt._direction(prob, theta, v, batch, g)
-    ref = _dense_gn_step(prob, theta, v, batch, 1e-3)
+    ref = dense_gn_step(prob, theta, v, batch, 1e-3)
     assert torch.allclose(d.double(), ref, rtol=1e-6, atol=1e-9 * float(ref.abs().max()))
 
 

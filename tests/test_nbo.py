@@ -4,6 +4,7 @@ and short runs that improve the objective."""
 
 import pytest
 import torch
+from conftest import dense_gn_step
 
 from pinnctl import PinnctlError
 from pinnctl.bilevel import run
@@ -129,13 +130,8 @@ def test_gauss_newton_joint_solve_on_a_pinn(tiny_problem):
     """matrix=gn: the Newton column is the Gauss–Newton step (ENGD without damping at λ), computed densely."""
     prob = tiny_problem
     theta, v, batch = prob.theta0.double(), prob.v0.double(), prob.sample(0)
-
-    def scaled(t):
-        return torch.cat([r * (2.0 * w / r.numel()) ** 0.5 for r, w in prob.residuals(t, v, batch).values()])
-
-    J = torch.autograd.functional.jacobian(scaled, theta)
     lam = 1e-3
-    step = torch.linalg.solve(J.T @ J + lam * torch.eye(J.shape[1], dtype=torch.float64), _grad(prob, theta, v, batch))
+    step = dense_gn_step(prob, theta, v, batch, lam)
     est = make_method("nbo", {"solver": "cg", "steps": 400, "matrix": "gn", "damping": lam, "search": False})
     est.observe(dict(batch))
     _, info = est.hypergradient(prob, theta, v, 1)
