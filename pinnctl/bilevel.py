@@ -20,7 +20,7 @@ from torch import Tensor
 from . import PinnctlError, RunError
 from .config import InnerCfg, OuterCfg, PretrainCfg
 from .hypergrad.base import Estimator, StepInfo
-from .problem import BilevelProblem
+from .core import BilevelProblem
 
 # A loss this many times its first value is called divergence, not slow progress.
 EXPLODE_FACTOR = 1e8

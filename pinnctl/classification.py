@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .problem import Batch, BilevelProblem
+from .core import Batch, BilevelProblem
 
 
 @dataclass

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from . import PinnctlError
+from .core import Batch, BilevelProblem
 from .nets import MLP, Channels, Jet, jet_forward
 
 Value = Union[float, Callable[[Tensor], Tensor]]
-Batch = dict[str, Tensor]
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -207,42 +207,6 @@ class PDEProblem:
     @property
     def time_axis(self) -> int | None:
         return self.domain.dim if self.time is not None else None
-
-
-# ----------------------------------------------------------------------------- compiled form
-
-
-@dataclass
-class BilevelProblem:
-    """The generic bilevel problem every hypergradient method works on.
-
-    inner_loss(θ, v, batch) and outer_loss(θ, v) are differentiable scalars;
-    ``sample(step)`` returns the inner minibatch for a global inner step counter.
-    ``residuals`` (least-squares problems only) returns, per named term, the residual
-    vector r and the weight w such that the term equals w·mean(r²): this is what
-    Gauss–Newton needs; ``jacobian_rows`` (optional, faster) returns the rows of J for
-    the residuals scaled by √(2w/N), so that G = JᵀJ. ``kfac_factors`` returns per-layer Kronecker factors (A, B) of
-    the Gauss–Newton matrix of one batch.
-    """
-
-    name: str
-    theta0: Tensor
-    v0: Tensor
-    inner_terms: Callable[[Tensor, Tensor, Batch], dict[str, Tensor]]
-    outer_loss: Callable[[Tensor, Tensor], Tensor]
-    sample: Callable[[int], Batch]
-    full_batch: Callable[[], Batch]
-    residuals: Callable[[Tensor, Tensor, Batch], dict[str, tuple[Tensor, float]]] | None = None
-    jacobian_rows: Callable[[Tensor, Tensor, Batch], Tensor] | None = None
-    kfac_factors: Callable[[Tensor, Tensor, Batch], list[tuple[Tensor, Tensor]]] | None = None
-    layer_shapes: list[tuple[int, int]] = field(default_factory=list)
-    certify: Callable[[Tensor], dict[str, float]] | None = None
-    control_samples: Callable[[Tensor], tuple[np.ndarray, np.ndarray]] | None = None
-    metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None  # per outer step, e.g. test accuracy
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
-        return sum(self.inner_terms(theta, v, batch).values())
 
 
 # ----------------------------------------------------------------------------- jet ops

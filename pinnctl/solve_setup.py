@@ -8,7 +8,8 @@ from typing import Any
 
 from . import PinnctlError
 from .hypergrad.base import Estimator
-from .problem import BilevelProblem, SamplingConfig
+from .core import BilevelProblem
+from .problem import SamplingConfig
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .classification import cleaning_problem
-from .problem import Batch, BilevelProblem
+from .core import Batch, BilevelProblem
 
 
 def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=torch.float64,

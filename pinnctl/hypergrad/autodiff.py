@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import Batch, BilevelProblem
+from ..core import Batch, BilevelProblem
 
 
 def outer_grads(problem: BilevelProblem, theta: Tensor, v: Tensor) -> tuple[Tensor, Tensor, float]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import Batch, BilevelProblem
+from ..core import Batch, BilevelProblem
 
 _REGISTRY: dict[str, type] = {}
 # Modules that register methods on import; imported lazily by make_method/known_methods.

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient, parameter_tensor_sizes
 

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient
 from .linalg import cg

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .autodiff import jacobian_rows
 from .base import StepInfo
 from .linalg import LowRankPlusDamping, kron_eig, kron_eig_apply, sherman_morrison_smoothed

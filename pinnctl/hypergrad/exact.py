@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .autodiff import cross_vjp, gn_matvec, hvp, jacobian_rows, outer_grads
 from .base import StepInfo, register
 from .linalg import cg

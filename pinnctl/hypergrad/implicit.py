@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..problem import Batch, BilevelProblem
+from ..core import Batch, BilevelProblem
 from .autodiff import cross_vjp, outer_grads
 from .base import StepInfo
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import Batch, BilevelProblem
+from ..core import Batch, BilevelProblem
 from .autodiff import cross_vjp, outer_grads, scaled_residuals
 from .base import register
 from .implicit import LastBatch

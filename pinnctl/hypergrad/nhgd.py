@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .autodiff import cross_vjp, gn_matvec, outer_grads
 from .base import StepInfo, register
 from .curvature import CURVATURES, CurvatureOptions, make_curvature

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..problem import BilevelProblem
+from ..core import BilevelProblem
 from .autodiff import cross_vjp, hvp, outer_grads
 from .base import StepInfo, register
 from .neumann import power_lambda_max

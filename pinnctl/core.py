@@ -1,0 +1,49 @@
+"""What hypergradient methods see: the generic bilevel problem and its minibatches.
+
+Nothing here knows about PDEs; ``pinnctl.problem`` compiles a PDE problem into a
+:class:`BilevelProblem`, and ``pinnctl.classification``/``pinnctl.toys`` build one directly.
+Methods in ``pinnctl.hypergrad`` import only this module (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from torch import Tensor
+
+Batch = dict[str, Tensor]
+
+
+@dataclass
+class BilevelProblem:
+    """The generic bilevel problem every hypergradient method works on.
+
+    inner_loss(θ, v, batch) and outer_loss(θ, v) are differentiable scalars;
+    ``sample(step)`` returns the inner minibatch for a global inner step counter.
+    ``residuals`` (least-squares problems only) returns, per named term, the residual
+    vector r and the weight w such that the term equals w·mean(r²): this is what
+    Gauss–Newton needs; ``jacobian_rows`` (optional, faster) returns the rows of J for
+    the residuals scaled by √(2w/N), so that G = JᵀJ. ``kfac_factors`` returns per-layer Kronecker factors (A, B) of
+    the Gauss–Newton matrix of one batch.
+    """
+
+    name: str
+    theta0: Tensor
+    v0: Tensor
+    inner_terms: Callable[[Tensor, Tensor, Batch], dict[str, Tensor]]
+    outer_loss: Callable[[Tensor, Tensor], Tensor]
+    sample: Callable[[int], Batch]
+    full_batch: Callable[[], Batch]
+    residuals: Callable[[Tensor, Tensor, Batch], dict[str, tuple[Tensor, float]]] | None = None
+    jacobian_rows: Callable[[Tensor, Tensor, Batch], Tensor] | None = None
+    kfac_factors: Callable[[Tensor, Tensor, Batch], list[tuple[Tensor, Tensor]]] | None = None
+    layer_shapes: list[tuple[int, int]] = field(default_factory=list)
+    certify: Callable[[Tensor], dict[str, float]] | None = None
+    control_samples: Callable[[Tensor], tuple[np.ndarray, np.ndarray]] | None = None
+    metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None  # per outer step, e.g. test accuracy
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
+        return sum(self.inner_terms(theta, v, batch).values())
