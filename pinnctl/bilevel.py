@@ -21,6 +21,7 @@ from . import PinnctlError, RunError
 from .config import InnerCfg, OuterCfg, PretrainCfg
 from .hypergrad.base import Estimator, StepInfo
 from .core import BilevelProblem
+from .outer import Outer, OuterContext, ihvp_solver, make_outer
 
 # A loss this many times its first value is called divergence, not slow progress.
 EXPLODE_FACTOR = 1e8
@@ -144,7 +145,7 @@ def _terms(problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> dict
         return {k: float(x) for k, x in problem.inner_terms(theta.detach(), v, problem.sample(step)).items()}
 
 
-def snapshot(k: int, v: Tensor, outer_opt: torch.optim.Optimizer, state: InnerState, estimator: Estimator,
+def snapshot(k: int, v: Tensor, outer_opt: Outer, state: InnerState, estimator: Estimator,
              elapsed: float, pretrain_time: float) -> dict[str, Any]:
     """Everything needed to continue after ``k`` completed outer steps (deep copies: the
     optimisers update their state tensors in place)."""
@@ -190,7 +191,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     uninterrupted run (the returned history then holds only the new steps).
     """
     v = problem.v0.detach().clone().requires_grad_(True)
-    outer_opt = make_optimizer(outer.optimizer, v, outer.lr)
+    outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
     if resume is None:
         start = time.perf_counter()
         state = InnerState.create(problem.theta0, pretrain)
@@ -237,12 +238,16 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
 
 
 def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState, v: Tensor,
-                outer_opt: torch.optim.Optimizer, k: int, inner: InnerCfg, outer: OuterCfg, certify_every: int,
+                outer_opt: Outer, k: int, inner: InnerCfg, outer: OuterCfg, certify_every: int,
                 start: float) -> OuterRecord:
-    """T inner steps feeding the estimator, the hypergradient, one outer step, the record."""
+    """T inner steps feeding the estimator, the hypergradient, one outer step, the record.
+
+    A guarded outer optimiser (lbfgs, gn) first judges its last trial by the PINN's outer
+    loss after the inner loop; a rejected trial ends the step there (no hypergradient is
+    computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer/rejected']`` as 1)."""
     t_inner = t_curv = 0.0
     v_fixed = v.detach().clone()
-    for _ in range(inner.steps):
+    for _ in range(inner_budget(inner, k)):
         t0 = time.perf_counter()
         info = inner_step(problem, state, v_fixed, inner.radius)
         t1 = time.perf_counter()
@@ -250,6 +255,12 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         t_inner += t1 - t0
         t_curv += time.perf_counter() - t1
     t0 = time.perf_counter()
+    if getattr(outer_opt, "trial", None) is not None:
+        with torch.no_grad():
+            f_trial = float(problem.outer_loss(state.theta.detach(), v_fixed))
+        if not outer_opt.check(f_trial, v, state):
+            return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
+                           t_inner, t_curv, time.perf_counter() - t0, {"outer/rejected": 1.0})
     h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     theta_step = hinfo.pop("theta_step", None)
     if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
@@ -262,11 +273,24 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     outer_loss = hinfo.pop("outer_loss", None)
     outer_loss = float(outer_loss) if outer_loss is not None else float(problem.outer_loss(state.theta.detach(), v_fixed))
     check_finite(outer_loss, f"outer loss at outer step {k}")
-    if outer.clip > 0:
-        h = h.clamp(-outer.clip, outer.clip)
-    outer_opt.zero_grad(set_to_none=True)
-    v.grad = h.to(v.dtype)
-    outer_opt.step()
+    t0 = time.perf_counter()
+    ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps)
+    ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
+    hinfo.update(outer_opt.step(v, ctx))
+    hinfo["outer/time_s"] = time.perf_counter() - t0
+    return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,
+                   t_hyper, hinfo)
+
+
+def inner_budget(inner: InnerCfg, k: int) -> int:
+    """Inner steps of outer step k: ``steps``, or ``warm_steps`` once the first outer step has
+    warm-started θ (0 = always ``steps``)."""
+    return inner.warm_steps if inner.warm_steps > 0 and k > 0 else inner.steps
+
+
+def _record(problem: BilevelProblem, state: InnerState, v: Tensor, v_fixed: Tensor, k: int, outer: OuterCfg,
+            certify_every: int, start: float, outer_loss: float, hnorm: float, t_inner: float, t_curv: float,
+            t_hyper: float, info: dict[str, Any]) -> OuterRecord:
     certified = {}
     if problem.certify is not None and certify_every > 0 and ((k + 1) % certify_every == 0 or k == outer.steps - 1):
         certified = problem.certify(v.detach())
@@ -281,6 +305,6 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         curvature_time=t_curv,
         hypergrad_time=t_hyper,
         wall_time=time.perf_counter() - start,
-        info=hinfo,
+        info=info,
         metrics=metrics,
     )

@@ -37,14 +37,18 @@ class InnerCfg:
     optimizer: str = "adam"  # "adam", "sgd", or natural gradient: "kfac" (K-FAC for PINNs), "engd" (dense Gauss–Newton)
     radius: float = 0.0  # projected SGD onto ‖θ‖ ≤ radius when > 0 (the paper's ball)
     damping: float = 1e-3  # λ of the natural-gradient optimisers (kfac, engd); lr is their largest step
+    warm_steps: int = 0  # inner steps per outer step after the first (θ warm-started); 0 = steps
 
 
 @dataclass
 class OuterCfg:
     steps: int = 500  # K outer steps (BPN: 500)
-    lr: float = 0.01
-    optimizer: str = "adam"  # "adam" or "sgd"
-    clip: float = 0.1  # clip each hypergradient entry to ±clip (BPN: 0.1); 0 disables
+    lr: float = 0.01  # adam/sgd
+    optimizer: str = "adam"  # pinnctl.outer: "adam", "sgd", "lbfgs" or "gn" (Gauss–Newton / Levenberg–Marquardt)
+    clip: float = 0.1  # adam/sgd: clip each hypergradient entry to ±clip (BPN: 0.1); 0 disables
+    options: dict[str, Any] = field(default_factory=dict)  # the optimizer's own (docs/heat2d-methods.md)
+    predict: bool = False  # move θ with v by the implicit prediction dθ = −H⁻¹Lᵀ Δv
+    ihvp_steps: int = -1  # refinement steps of the IHVPs of gn/predict; -1 = the method's own
 
 
 @dataclass
@@ -152,7 +156,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in table.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and not key.endswith(("method.options", "params")):
+        if isinstance(v, dict) and not key.endswith(("method.options", "outer.options", "params")):
             out.update(_flatten(v, key + "."))
         elif isinstance(v, dict):
             out.update({f"{key}.{kk}": vv for kk, vv in v.items()})

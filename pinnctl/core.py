@@ -39,6 +39,8 @@ class BilevelProblem:
     residuals: Callable[[Tensor, Tensor, Batch], dict[str, tuple[Tensor, float]]] | None = None
     jacobian_rows: Callable[[Tensor, Tensor, Batch], Tensor] | None = None
     kfac_factors: Callable[[Tensor, Tensor, Batch], list[tuple[Tensor, Tensor]]] | None = None
+    # least-squares outer objectives only: r(θ, v) with outer_loss = ‖r‖² (the Gauss–Newton outer step)
+    outer_residuals: Callable[[Tensor, Tensor], Tensor] | None = None
     layer_shapes: list[tuple[int, int]] = field(default_factory=list)
     certify: Callable[[Tensor], dict[str, float]] | None = None
     control_samples: Callable[[Tensor], tuple[np.ndarray, np.ndarray]] | None = None

@@ -402,6 +402,18 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
             return loss
         return objective.fn(x, u, control_values(problem.control, v, x))
 
+    outer_residuals = None
+    if isinstance(objective, Tracking):
+
+        def outer_residuals(theta: Tensor, v: Tensor) -> Tensor:
+            """r with ‖r‖² = outer_loss: (u − target)/√N, and √(α/N)·f when the control is penalised."""
+            x = obj_x.to(theta.dtype)
+            n = x.shape[0]
+            r = (problem.state.forward(theta, x)[:, 0] - target.to(theta.dtype)) / math.sqrt(n)
+            if objective.control_weight:
+                r = torch.cat([r, math.sqrt(objective.control_weight / n) * control_values(problem.control, v, x)])
+            return r
+
     certify = None
     control_samples = None
     if problem.time is not None and isinstance(problem.control, TimeControl):
@@ -439,6 +451,7 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
         residuals=residuals,
         jacobian_rows=jacobian_rows,
         kfac_factors=kfac_factors,
+        outer_residuals=outer_residuals,
         layer_shapes=problem.state.shapes,
         certify=certify,
         control_samples=control_samples,

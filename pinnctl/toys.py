@@ -18,7 +18,8 @@ from .core import Batch, BilevelProblem
 
 def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=torch.float64,
               indefinite: bool = False) -> tuple[BilevelProblem, dict]:
-    """ℓ = ½θᵀAθ − θᵀBv, f = ½‖θ − c‖² + ½α‖v‖². Returns the problem and the closed forms.
+    """ℓ = ½θᵀAθ − θᵀBv, f = ½‖θ − c‖² + ½α‖v‖². Returns the problem and the closed forms
+    (θ*(v), Φ, ∇Φ and the outer optimum v* = (BᵀA⁻²B + αI)⁻¹BᵀA⁻¹c).
 
     ``indefinite`` flips A's curvature along one eigenvector (θ* is then a saddle): for
     checking that solvers report non-SPD curvature instead of returning NaN.
@@ -40,6 +41,9 @@ def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=t
     def outer_loss(theta: Tensor, v: Tensor) -> Tensor:
         return 0.5 * ((theta - c) ** 2).sum() + 0.5 * alpha * (v**2).sum()
 
+    def outer_residuals(theta: Tensor, v: Tensor) -> Tensor:
+        return torch.cat([(theta - c) / 2**0.5, (0.5 * alpha) ** 0.5 * v])
+
     def theta_star(v: Tensor) -> Tensor:
         return torch.linalg.solve(A, B @ v)
 
@@ -49,11 +53,15 @@ def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=t
     def grad_phi(v: Tensor) -> Tensor:
         return B.T @ torch.linalg.solve(A, theta_star(v) - c) + alpha * v
 
+    Ainv_B = torch.linalg.solve(A, B)
+    v_star = torch.linalg.solve(Ainv_B.T @ Ainv_B + alpha * torch.eye(q, dtype=dtype), Ainv_B.T @ c)
+
     prob = BilevelProblem(
         name="quadratic", theta0=torch.zeros(p, dtype=dtype), v0=torch.randn(q, generator=g, dtype=dtype),
         inner_terms=inner_terms, outer_loss=outer_loss, sample=lambda step: batch, full_batch=lambda: batch,
+        outer_residuals=outer_residuals,
     )
-    return prob, {"theta_star": theta_star, "phi": phi, "grad_phi": grad_phi, "A": A, "B": B, "c": c}
+    return prob, {"theta_star": theta_star, "phi": phi, "grad_phi": grad_phi, "A": A, "B": B, "c": c, "v_star": v_star}
 
 
 def logistic_cleaning(n_train: int = 200, n_val: int = 100, dim: int = 5, classes: int = 3, noise: float = 0.3,

@@ -41,6 +41,15 @@ def cross_vjp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w
     return torch.zeros_like(v) if lw is None else lw.detach()
 
 
+def cross_jvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w: Tensor) -> Tensor:
+    """Lᵀ·w = ∇_θ (∇_v ℓ(θ, v) · w), shape of θ (w has the shape of v): how ∇_θ ℓ moves along w."""
+    theta = theta.detach().requires_grad_(True)
+    v = v.detach().requires_grad_(True)
+    gv = torch.autograd.grad(problem.inner_loss(theta, v, batch), v, create_graph=True)[0]
+    (lw,) = torch.autograd.grad(gv, theta, grad_outputs=w.to(gv.dtype), allow_unused=True)
+    return torch.zeros_like(theta) if lw is None else lw.detach()
+
+
 def hvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w: Tensor) -> Tensor:
     """H·w with H = ∇²_θθ ℓ (double backward)."""
     theta = theta.detach().requires_grad_(True)

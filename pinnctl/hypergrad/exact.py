@@ -80,6 +80,13 @@ class Exact:
         info.update(outer_loss=f, ihvp_norm=float(w.norm()))
         return (gv - lw).detach(), info
 
+    def ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, step: int,
+             steps: int | None = None) -> Tensor:
+        """The exact H⁻¹b (``steps`` is ignored: exact means converged)."""
+        o = self.opts
+        return exact_ihvp(problem, theta, v, b, matrix=o.matrix, solver=o.solver, damping=o.damping, tol=o.tol,
+                          maxiter=o.maxiter, dense_max=o.dense_max)[0]
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -31,6 +31,7 @@ class CGResult:
     residual_norm: float  # relative: ‖b − A x‖ / ‖b‖
     converged: bool
     breakdown: str | None = None
+    r: Tensor | None = None  # the residual b − A x itself (callers that need A x = b − r)
 
 
 def cg(matvec: Callable[[Tensor], Tensor], b: Tensor, *, x0: Tensor | None = None, maxiter: int = 100,
@@ -45,11 +46,11 @@ def cg(matvec: Callable[[Tensor], Tensor], b: Tensor, *, x0: Tensor | None = Non
     bnorm = float(b.norm())
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     if bnorm == 0.0:
-        return CGResult(torch.zeros_like(b), 0, 0.0, True)
+        return CGResult(torch.zeros_like(b), 0, 0.0, True, r=torch.zeros_like(b))
     r = b - matvec(x) if x0 is not None else b.clone()
     rel = float(r.norm()) / bnorm
     if rel <= tol or maxiter <= 0:
-        return CGResult(x, 0, rel, rel <= tol)
+        return CGResult(x, 0, rel, rel <= tol, r=r)
     apply_m = precond or (lambda y: y)
     z = apply_m(r)
     p = z.clone()
@@ -58,18 +59,18 @@ def cg(matvec: Callable[[Tensor], Tensor], b: Tensor, *, x0: Tensor | None = Non
         Ap = matvec(p)
         pAp = p @ Ap
         if pAp <= 1e-30 * (p @ p):
-            return CGResult(x, k - 1, rel, False, "non-positive curvature")
+            return CGResult(x, k - 1, rel, False, "non-positive curvature", r=r)
         alpha = rr / pAp
         x = x + alpha * p
         r = r - alpha * Ap
         rel = float(r.norm()) / bnorm
         if rel <= tol:
-            return CGResult(x, k, rel, True)
+            return CGResult(x, k, rel, True, r=r)
         z = apply_m(r)
         rr_new = r @ z
         p = z + (rr_new / rr) * p
         rr = rr_new
-    return CGResult(x, maxiter, rel, rel <= tol)
+    return CGResult(x, maxiter, rel, rel <= tol, r=r)
 
 
 @dataclass

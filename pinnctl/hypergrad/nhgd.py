@@ -105,12 +105,20 @@ class NHGD:
         h = gv - lw
         return h.detach(), {"outer_loss": f, "ihvp_norm": float(w.norm()), "grad_theta_f_norm": float(gt.norm()), **refine_info}
 
-    def _ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, gt: Tensor, step: int) -> tuple[Tensor, dict]:
+    def ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, step: int,
+             steps: int | None = None) -> Tensor:
+        """H⁻¹b as the hypergradient computes it (``steps`` refinement steps, default ``refine``):
+        what the Gauss–Newton outer step and the θ prediction apply (pinnctl.outer)."""
+        return self._ihvp(problem, theta, v, b, step, steps)[0]
+
+    def _ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, gt: Tensor, step: int,
+              steps: int | None = None) -> tuple[Tensor, dict]:
         """A·∇_θ f from the curvature, refined by curvature-preconditioned CG on (G + λI) of the
         last batch. K-FAC alone misjudges the Gauss–Newton scale along ∇_θ f by several×
         (bench/hypergrad_accuracy.py); a few preconditioned CG steps (``refine``, JVP + VJP
         each) remove that error. Skipped (and reported) for problems without residuals."""
-        steps = self.opts.refine if self.opts.refine >= 0 else AUTO_REFINE[self.opts.curvature]
+        if steps is None:
+            steps = self.opts.refine if self.opts.refine >= 0 else AUTO_REFINE[self.opts.curvature]
         if steps == 0 or problem.residuals is None:
             return self.curvature.solve(gt), {} if steps == 0 else {"refine_skipped": 1.0}
         batch = problem.full_batch() if self.opts.refine_batch == "full" else problem.sample(max(step - 1, 0))
