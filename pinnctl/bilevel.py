@@ -247,6 +247,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer/rejected']`` as 1)."""
     t_inner = t_curv = 0.0
     v_fixed = v.detach().clone()
+    losses: list[float] = []
     for _ in range(inner_budget(inner, k)):
         t0 = time.perf_counter()
         info = inner_step(problem, state, v_fixed, inner.radius)
@@ -254,13 +255,16 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         estimator.observe(estimator.collect(problem, info))
         t_inner += t1 - t0
         t_curv += time.perf_counter() - t1
+        losses.append(info.loss)
+        if settled(losses, inner.settle, inner.settle_window):
+            break
     t0 = time.perf_counter()
     if getattr(outer_opt, "trial", None) is not None:
         with torch.no_grad():
             f_trial = float(problem.outer_loss(state.theta.detach(), v_fixed))
         if not outer_opt.check(f_trial, v, state):
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
-                           t_inner, t_curv, time.perf_counter() - t0, {"outer/rejected": 1.0})
+                           t_inner, t_curv, time.perf_counter() - t0, {"outer/rejected": 1.0, "inner/steps": float(len(losses))})
     h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     theta_step = hinfo.pop("theta_step", None)
     if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
@@ -278,8 +282,18 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo.update(outer_opt.step(v, ctx))
     hinfo["outer/time_s"] = time.perf_counter() - t0
+    hinfo["inner/steps"] = float(len(losses))
     return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,
                    t_hyper, hinfo)
+
+
+def settled(losses: list[float], tol: float, window: int) -> bool:
+    """The adaptive inner stop: the mean of the last ``window`` losses is within ``tol``
+    (relative) of the mean of the ``window`` before (Adam's losses oscillate; means do not)."""
+    if tol <= 0 or len(losses) < 2 * window:
+        return False
+    last, before = sum(losses[-window:]) / window, sum(losses[-2 * window : -window]) / window
+    return abs(before - last) <= tol * abs(before)
 
 
 def inner_budget(inner: InnerCfg, k: int) -> int:

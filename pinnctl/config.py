@@ -38,6 +38,10 @@ class InnerCfg:
     radius: float = 0.0  # projected SGD onto ‖θ‖ ≤ radius when > 0 (the paper's ball)
     damping: float = 1e-3  # λ of the natural-gradient optimisers (kfac, engd); lr is their largest step
     warm_steps: int = 0  # inner steps per outer step after the first (θ warm-started); 0 = steps
+    # adaptive stop: end the inner loop once the mean loss of the last `settle_window` steps is within
+    # `settle` (relative) of the mean of the window before; 0 disables (always the full budget)
+    settle: float = 0.0
+    settle_window: int = 5
 
 
 @dataclass

@@ -205,11 +205,15 @@ class GuardOptions:
     radius: float = 1.0  # initial trust radius on ‖Δv‖
     max_radius: float = 10.0
     backtracks: int = 4  # halvings of a rejected trial before v stays where it was
-    c1: float = 1e-4  # sufficient decrease: f_new ≤ f_old − c1·(predicted decrease)
+    c1: float = 1e-4  # sufficient decrease: f_new ≤ f_old − c1·(predicted decrease) + slack·f_old
+    # tolerated relative increase of the PINN's f: after a large step θ is still catching up and
+    # f fluctuates by a few % (measured on heat2d: ±2 % after 20 inner steps); only a clear increase
+    # is a bad step. The trust radius / damping still react to the ratio actual/predicted.
+    slack: float = 0.0
 
     def validate(self) -> None:
-        if self.radius <= 0 or self.max_radius < self.radius or self.backtracks < 0 or not 0 <= self.c1 < 1:
-            raise PinnctlError("outer radius must be > 0 and ≤ max_radius, backtracks ≥ 0, 0 ≤ c1 < 1")
+        if self.radius <= 0 or self.max_radius < self.radius or self.backtracks < 0 or not 0 <= self.c1 < 1 or self.slack < 0:
+            raise PinnctlError("outer radius must be > 0 and ≤ max_radius, backtracks ≥ 0, 0 ≤ c1 < 1, slack ≥ 0")
 
 
 class _Guarded:
@@ -245,7 +249,8 @@ class _Guarded:
         s = t["scale"]
         pred = self._predicted(s)
         actual = t["f"] - f_new
-        if math.isfinite(f_new) and actual >= self.opts.c1 * max(pred, 0.0) and actual > 0:
+        if math.isfinite(f_new) and actual + self.opts.slack * abs(t["f"]) >= self.opts.c1 * max(pred, 0.0) and (
+                actual > 0 or self.opts.slack > 0):
             self._accepted(actual / pred if pred > 0 else 1.0, s)
             return True
         self.rejected += 1
@@ -434,7 +439,7 @@ class GaussNewton(_Guarded):
 
     def _accepted(self, rho: float, s: float) -> None:
         super()._accepted(rho, s)
-        self.damping = max(self.damping * max(1 / 3, 1 - (2 * min(rho, 1.0) - 1) ** 3), self.opts.min_damping)
+        self.damping = max(self.damping * min(2.0, max(1 / 3, 1 - (2 * min(rho, 1.0) - 1) ** 3)), self.opts.min_damping)
 
     def _rejected_once(self) -> None:  # the halved retry already shortens the step; μ grows once per rejection
         self.damping *= 2.0

@@ -149,3 +149,16 @@ def test_resume_is_bit_identical_with_the_outer_state_in_the_checkpoint(optimize
     rest = run(prob, make_method("nhgd", est_opts), **cfg, resume=resume)
     assert torch.equal(rest.v, full.v) and torch.equal(rest.theta, full.theta)
     assert [r.outer_loss for r in rest.history] == [r.outer_loss for r in full.history[3:]]
+
+
+def test_settled_inner_loop_stops_early_and_warm_steps_shorten_it():
+    prob, truth = quadratic(p=6, q=3, alpha=0.1)
+    counts = []
+    run(prob, make_method("exact"), pretrain=PretrainCfg(steps=50, lr=0.1),
+        inner=InnerCfg(steps=40, lr=0.3, optimizer="sgd", settle=1e-6), outer=OuterCfg(steps=4, optimizer="gn", clip=0.0),
+        certify_every=0, callback=lambda r: counts.append(r.info["inner/steps"]))
+    assert all(10 <= c < 40 for c in counts[1:]), counts  # converged θ: the loss settles long before 40 steps
+    counts.clear()
+    run(prob, make_method("exact"), pretrain=PretrainCfg(steps=5), inner=InnerCfg(steps=12, warm_steps=3, optimizer="sgd"),
+        outer=OuterCfg(steps=3), certify_every=0, callback=lambda r: counts.append(r.info["inner/steps"]))
+    assert counts == [12.0, 3.0, 3.0]

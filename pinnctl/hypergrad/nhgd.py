@@ -26,6 +26,17 @@ AUTO_REFINE = {"efim": 0, "gn": 10, "kfac": 10}
 CROSS_SAMPLE_OFFSET = 10**7
 
 
+def _mean_cross(problem: BilevelProblem, points: list[tuple[Tensor, dict]], v: Tensor, w: Tensor) -> Tensor:
+    """Mean of L·w over (θ, batch) pairs, each distinct pair computed once: with a fixed point
+    set (no resampling) the M end-of-loop samples are one batch, and M products would be M× the work."""
+    seen: dict[tuple[int, int], tuple[Tensor, int]] = {}
+    for th, b in points:
+        key = (id(th), id(b))
+        lw, n = seen.get(key, (None, 0))
+        seen[key] = (cross_vjp(problem, th, v, b, w) if lw is None else lw, n + 1)
+    return sum(lw * n for lw, n in seen.values()) / len(points)
+
+
 @register("nhgd")
 class NHGD:
     @dataclass
@@ -47,6 +58,9 @@ class NHGD:
         # batch of that Gauss–Newton: "full" (the problem's full batch; the PDE problems train on it
         # anyway) or "last" (the last inner minibatch: cheap, but a tiny batch gives a rank-deficient G)
         refine_batch: str = "full"
+        # start the refinement of A·∇_θ f from the previous outer step's solution instead of the
+        # curvature's own solve (θ and v move little per outer step, so it is closer)
+        warm_start: bool = False
 
         def validate(self) -> None:
             if self.curvature not in CURVATURES:
@@ -67,6 +81,7 @@ class NHGD:
             opts.curvature, CurvatureOptions(**{k: v for k, v in asdict(opts).items() if k in curv_fields})
         )
         self.trajectory: list[tuple[Tensor, dict]] = []
+        self.w_prev: Tensor | None = None
 
     def wants(self, step: int) -> bool:
         """Whether inner step ``step`` feeds the curvature (the parallel mode sends nothing otherwise)."""
@@ -92,7 +107,9 @@ class NHGD:
 
     def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
         gv, gt, f = outer_grads(problem, theta, v)
-        w, refine_info = self._ihvp(problem, theta, v, gt, step)
+        w, refine_info = self._ihvp(problem, theta, v, gt, step, x0=self.w_prev if self.opts.warm_start else None)
+        if self.opts.warm_start:
+            self.w_prev = w.detach().clone()
         w = w.to(theta.dtype)
         if self.opts.cross == "trajectory" and self.trajectory:
             points = self.trajectory
@@ -101,7 +118,7 @@ class NHGD:
             points = [(theta, problem.full_batch())]
         else:
             points = [(theta, problem.sample(CROSS_SAMPLE_OFFSET + step * self.opts.M + m)) for m in range(self.opts.M)]
-        lw = sum(cross_vjp(problem, th, v, b, w) for th, b in points) / len(points)
+        lw = _mean_cross(problem, points, v, w)
         h = gv - lw
         return h.detach(), {"outer_loss": f, "ihvp_norm": float(w.norm()), "grad_theta_f_norm": float(gt.norm()), **refine_info}
 
@@ -112,7 +129,7 @@ class NHGD:
         return self._ihvp(problem, theta, v, b, step, steps)[0]
 
     def _ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, gt: Tensor, step: int,
-              steps: int | None = None) -> tuple[Tensor, dict]:
+              steps: int | None = None, x0: Tensor | None = None) -> tuple[Tensor, dict]:
         """A·∇_θ f from the curvature, refined by curvature-preconditioned CG on (G + λI) of the
         last batch. K-FAC alone misjudges the Gauss–Newton scale along ∇_θ f by several×
         (bench/hypergrad_accuracy.py); a few preconditioned CG steps (``refine``, JVP + VJP
@@ -127,12 +144,13 @@ class NHGD:
         def matvec(x: Tensor) -> Tensor:
             return gn_matvec(problem, theta, v, batch, x.to(theta.dtype)).double() + lam * x
 
-        res = cg(matvec, gt.double(), x0=self.curvature.solve(gt), maxiter=steps, tol=1e-8,
+        res = cg(matvec, gt.double(), x0=self.curvature.solve(gt) if x0 is None else x0, maxiter=steps, tol=1e-8,
                  precond=self.curvature.solve)
         return res.x, {"refine_residual": res.residual_norm}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"curvature": self.curvature.state_dict()}
+        return {"curvature": self.curvature.state_dict(), "w_prev": self.w_prev}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.curvature.load_state_dict(state["curvature"])
+        self.w_prev = state.get("w_prev")
