@@ -15,8 +15,8 @@ from pinnctl.toys import quadratic
 
 from conftest import tiny_heat
 
-# Inner loop that converges θ on the quadratic toy (A's eigenvalues lie in [1, ~4]): 40 SGD steps at 0.3.
-QUAD_INNER = InnerCfg(steps=40, lr=0.3, optimizer="sgd")
+# Inner loop that keeps θ converged on the quadratic toy (A's eigenvalues lie in [1, ~4]; θ is warm-started).
+QUAD_INNER = InnerCfg(steps=20, lr=0.4, optimizer="sgd")
 
 
 def _quadratic_run(optimizer: str, steps: int, lr: float = 0.0, options: dict | None = None):
@@ -29,13 +29,13 @@ def _quadratic_run(optimizer: str, steps: int, lr: float = 0.0, options: dict | 
 
 
 @pytest.mark.parametrize("optimizer,steps,lr,tol", [
-    # measured: sgd 4.0e-2 after 15 steps, 1.7e-3 after 30; adam (lr 0.1 → 0.001 cosine) 4.0e-3 after 100
-    # (2.1e-2 after 60; 2.8e-2 at constant lr);
-    # lbfgs 6.6e-8 after 7; gn 2.1e-11 after 4 (one step is exact for a quadratic Φ, the first is radius-capped)
-    ("sgd", 30, 0.5, 5e-3),
-    ("adam", 100, 0.1, 1e-2),
+    # relative error ‖v − v*‖/‖v*‖ measured: sgd 4.0e-2 after 15 steps; adam (lr 0.2 → 0.001 cosine) 2.2e-2
+    # after 40; lbfgs 1.5e-6 after 10; gn 6.3e-11 after 5 (one step is exact on a quadratic Φ; the first
+    # is capped by the trust radius)
+    ("sgd", 15, 0.5, 6e-2),
+    ("adam", 40, 0.2, 4e-2),
     ("lbfgs", 10, 0.0, 1e-5),
-    ("gn", 5, 0.0, 1e-8),
+    ("gn", 5, 0.0, 1e-9),
 ])
 def test_outer_optimizers_reach_the_quadratic_optimum(optimizer, steps, lr, tol):
     options = {"schedule": "cosine", "lr_min": 1e-3} if optimizer == "adam" else {}
@@ -126,29 +126,27 @@ def test_unknown_outer_optimizer_and_option_are_one_line_errors():
             outer=OuterCfg(steps=1, optimizer="gn"), certify_every=0)
 
 
-@pytest.mark.parametrize("optimizer,predict", [("lbfgs", True), ("gn", True), ("adam", True)])
+@pytest.mark.parametrize("optimizer,predict", [("lbfgs", True), ("gn", False)])
 def test_resume_is_bit_identical_with_the_outer_state_in_the_checkpoint(optimizer, predict, tmp_path):
     prob = compile_problem(tiny_heat(), seed=0)
-    est_opts = {"curvature": "kfac", "every": 2, "refine": 2}
-    cfg = dict(pretrain=PretrainCfg(steps=20), inner=InnerCfg(steps=4),
-               outer=OuterCfg(steps=6, optimizer=optimizer, predict=predict, ihvp_steps=2, options={}), certify_every=0)
-    full = run(prob, make_method("nhgd", est_opts), **cfg)
-    snaps = {}
+    est_opts = {"curvature": "kfac", "every": 2, "refine": 2, "warm_start": True}
+    options = {"cg_steps": 2} if optimizer == "gn" else {}
+    cfg = dict(pretrain=PretrainCfg(steps=20), inner=InnerCfg(steps=3), certify_every=0)
+    outer = dict(optimizer=optimizer, predict=predict, ihvp_steps=1, options=options)
+    full = run(prob, make_method("nhgd", est_opts), **cfg, outer=OuterCfg(steps=4, **outer))
+    saved = []
 
     def keep(snap):
-        if snap["outer_step"] == 3:
+        if snap["outer_step"] == 2:
             ckpt.save(tmp_path / "c.pt", snap)
-            snaps[3] = True
+            saved.append(snap)
 
-    run(prob, make_method("nhgd", est_opts), **{**cfg, "outer": OuterCfg(**{**cfg["outer"].__dict__, "steps": 3})},
-        checkpoint=keep)
-    assert snaps
+    run(prob, make_method("nhgd", est_opts), **cfg, outer=OuterCfg(steps=2, **outer), checkpoint=keep)
     resume = ckpt.load(tmp_path / "c.pt")
-    if optimizer != "adam":
-        assert "radius" in resume["outer_optimizer"]
-    rest = run(prob, make_method("nhgd", est_opts), **cfg, resume=resume)
+    assert saved and resume["outer_optimizer"]["trial"] is not None  # the pending trial travels in the checkpoint
+    rest = run(prob, make_method("nhgd", est_opts), **cfg, outer=OuterCfg(steps=4, **outer), resume=resume)
     assert torch.equal(rest.v, full.v) and torch.equal(rest.theta, full.theta)
-    assert [r.outer_loss for r in rest.history] == [r.outer_loss for r in full.history[3:]]
+    assert [r.outer_loss for r in rest.history] == [r.outer_loss for r in full.history[2:]]
 
 
 def test_settled_inner_loop_stops_early_and_warm_steps_shorten_it():
