@@ -11,7 +11,7 @@ def test_defaults_presets_and_overrides(tmp_path):
     assert (paper.pretrain.steps, paper.inner.steps, paper.outer.steps, paper.outer.lr, paper.outer.clip) == (2000, 50, 500, 0.01, 0.1)
     quick = resolve("quick", sets=parse_sets(["inner.steps=7", "outer.lr=0.5", "method.options.curvature=gn", "params.nu=0.01"]))
     assert quick.inner.steps == 7 and quick.outer.lr == 0.5 and quick.outer.steps < paper.outer.steps
-    assert quick.method.options == {"curvature": "gn"} and quick.params == {"nu": 0.01}
+    assert quick.method.options == {"curvature": "gn", "every": 5, "warm_start": True} and quick.params == {"nu": 0.01}
     toml = tmp_path / "run.toml"
     toml.write_text('seed = 3\n[inner]\nsteps = 9\n[method]\nname = "exact"\n[method.options]\ntol = 1e-6\n')
     cfg = resolve("quick", toml, parse_sets(["inner.steps=11"]))

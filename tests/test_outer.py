@@ -160,3 +160,13 @@ def test_settled_inner_loop_stops_early_and_warm_steps_shorten_it():
     run(prob, make_method("exact"), pretrain=PretrainCfg(steps=5), inner=InnerCfg(steps=12, warm_steps=3, optimizer="sgd"),
         outer=OuterCfg(steps=3), certify_every=0, callback=lambda r: counts.append(r.info["inner/steps"]))
     assert counts == [12.0, 3.0, 3.0]
+
+
+def test_quick_preset_method_options_yield_to_the_user_and_to_other_methods():
+    from pinnctl.config import parse_sets, resolve
+
+    assert resolve("quick").method.options == {"every": 5, "warm_start": True}
+    assert resolve("quick", sets=parse_sets(["method.options.every=1"])).method.options == {"every": 1, "warm_start": True}
+    assert resolve("quick", sets=parse_sets(["method.name=broyden"])).method.options == {}
+    assert resolve("paper").method.options == {}
+    assert resolve("quick", problem_defaults={"outer.steps": 5}).method.options == {}
