@@ -244,7 +244,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
 
     A guarded outer optimiser (lbfgs, gn) first judges its last trial by the PINN's outer
     loss after the inner loop; a rejected trial ends the step there (no hypergradient is
-    computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer/rejected']`` as 1)."""
+    computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer_rejected']`` as 1)."""
     t_inner = t_curv = 0.0
     v_fixed = v.detach().clone()
     losses: list[float] = []
@@ -264,7 +264,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
             f_trial = float(problem.outer_loss(state.theta.detach(), v_fixed))
         if not outer_opt.check(f_trial, v, state):
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
-                           t_inner, t_curv, time.perf_counter() - t0, {"outer/rejected": 1.0, "inner/steps": float(len(losses))})
+                           t_inner, t_curv, time.perf_counter() - t0, {"outer_rejected": 1.0, "inner_steps": float(len(losses))})
     h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     theta_step = hinfo.pop("theta_step", None)
     if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
@@ -281,8 +281,8 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps)
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo.update(outer_opt.step(v, ctx))
-    hinfo["outer/time_s"] = time.perf_counter() - t0
-    hinfo["inner/steps"] = float(len(losses))
+    hinfo["outer_time_s"] = time.perf_counter() - t0
+    hinfo["inner_steps"] = float(len(losses))
     return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,
                    t_hyper, hinfo)
 

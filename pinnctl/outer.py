@@ -170,7 +170,7 @@ class _Torch:
         self.opt.step()
         self.k += 1
         ctx.move_theta(v.detach() - before)
-        return {"outer/lr": lr}
+        return {"outer_lr": lr}
 
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()
@@ -344,8 +344,8 @@ class LBFGS(_Guarded):
             d = self._cap(self.direction(h))
             hd = float(h @ d)
         self._start(v, ctx, d, hd, 0.0)
-        return {"outer/radius": self.radius, "outer/step_norm": float(d.norm()), "outer/pairs": float(len(self.s)),
-                "outer/predicted": self._predicted(1.0)}
+        return {"outer_radius": self.radius, "outer_step_norm": float(d.norm()), "outer_pairs": float(len(self.s)),
+                "outer_predicted": self._predicted(1.0)}
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._guard_state(), "s": list(self.s), "y": list(self.y), "prev": self.prev}
@@ -425,7 +425,7 @@ class GaussNewton(_Guarded):
         # dᵀGd from CG's own residual: (G + μI)x = h − r  ⇒  xᵀGx = xᵀh − xᵀr − μ‖x‖²
         x = res.x
         dGd = float(x @ h - x @ res.r - mu * (x @ x))
-        return d, max(dGd, 0.0), {"outer/mu": mu, "outer/G_scale": scale, "outer/cg_residual": res.residual_norm}
+        return d, max(dGd, 0.0), {"outer_mu": mu, "outer_G_scale": scale, "outer_cg_residual": res.residual_norm}
 
     def step(self, v: Tensor, ctx: OuterContext) -> dict[str, float]:
         d, dGd, info = self.solve(ctx)
@@ -434,8 +434,8 @@ class GaussNewton(_Guarded):
             c = self.radius / n
             d, dGd = d * c, dGd * c * c
         self._start(v, ctx, d, float(ctx.h.double() @ d), dGd)
-        return {**info, "outer/radius": self.radius, "outer/step_norm": float(d.norm()), "outer/damping": self.damping,
-                "outer/predicted": self._predicted(1.0)}
+        return {**info, "outer_radius": self.radius, "outer_step_norm": float(d.norm()), "outer_damping": self.damping,
+                "outer_predicted": self._predicted(1.0)}
 
     def _accepted(self, rho: float, s: float) -> None:
         super()._accepted(rho, s)

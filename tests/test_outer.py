@@ -154,11 +154,11 @@ def test_settled_inner_loop_stops_early_and_warm_steps_shorten_it():
     counts = []
     run(prob, make_method("exact"), pretrain=PretrainCfg(steps=50, lr=0.1),
         inner=InnerCfg(steps=40, lr=0.3, optimizer="sgd", settle=1e-6), outer=OuterCfg(steps=4, optimizer="gn", clip=0.0),
-        certify_every=0, callback=lambda r: counts.append(r.info["inner/steps"]))
+        certify_every=0, callback=lambda r: counts.append(r.info["inner_steps"]))
     assert all(10 <= c < 40 for c in counts[1:]), counts  # converged θ: the loss settles long before 40 steps
     counts.clear()
     run(prob, make_method("exact"), pretrain=PretrainCfg(steps=5), inner=InnerCfg(steps=12, warm_steps=3, optimizer="sgd"),
-        outer=OuterCfg(steps=3), certify_every=0, callback=lambda r: counts.append(r.info["inner/steps"]))
+        outer=OuterCfg(steps=3), certify_every=0, callback=lambda r: counts.append(r.info["inner_steps"]))
     assert counts == [12.0, 3.0, 3.0]
 
 
