@@ -100,7 +100,7 @@ def summarise(name, records, cpu, j_star):
         "inner_s": sum(r.inner_time for r in records) / max(n, 1),
         "curvature_s": sum(r.curvature_time for r in records) / max(n, 1),
         "hypergrad_s": sum(r.hypergrad_time for r in records) / max(n, 1),
-        "outer_s": sum(r.info.get("outer_time_s", 0.0) for r in records) / max(n, 1),
+        "outer_s": sum(r.outer_time for r in records) / max(n, 1),
         "rejected_steps": int(sum(r.info.get("outer_rejected", 0.0) for r in records)),
         "time_to": {f"{t:g}": next((w for w, c in cert if c <= t * j_star), None) for t in TARGETS},
         "cpu_to": {f"{t:g}": next((w for w, c in cert_cpu if c <= t * j_star), None) for t in TARGETS},
