@@ -169,6 +169,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return _flatten(tomllib.load(fh))
     except FileNotFoundError:
         raise PinnctlError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise PinnctlError(f"--config {path} is a directory; give a TOML file") from None
+    except UnicodeDecodeError:
+        raise PinnctlError(f"config file {path} is not UTF-8 text; give a TOML file") from None
+    except OSError as e:
+        raise PinnctlError(f"cannot read config file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise PinnctlError(f"config file {path} is not valid TOML: {e}") from None
 
@@ -214,3 +220,61 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (Sobol scrambling) takes 32-bit seeds
+
+
+def _check(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise PinnctlError(f"config key '{key}' must be {what}, got {value!r}")
+
+
+def validate(cfg: Config, *, bilevel: bool = True) -> None:
+    """Every value a run reads, checked before anything is built or written: counts and
+    learning rates positive, floats finite, seeds in range, names known. ``bilevel`` is
+    False for solve modes without an outer loop (``forward``), where outer/inner keys are unused."""
+    import math
+
+    from .bilevel import OPTIMIZERS
+
+    for key in _leaf_keys(cfg):
+        value = get_key(cfg, key)
+        if isinstance(value, float):
+            _check(math.isfinite(value), key, value, "a finite number")
+    for key in ("seed", "sampling.seed"):
+        value = get_key(cfg, key)
+        _check(0 <= value <= SEED_MAX, key, value, f"an integer in [0, {SEED_MAX}]")
+    positive = ["pretrain.lr"] + (["inner.lr", "outer.lr", "inner.steps", "outer.steps"] if bilevel else [])
+    for key in positive:
+        value = get_key(cfg, key)
+        _check(value > 0, key, value, "> 0")
+    for key in ("pretrain.steps", "checkpoint_every", "certify_every", "inner.radius", "inner.damping", "outer.clip"):
+        value = get_key(cfg, key)
+        _check(value >= 0, key, value, "≥ 0" + (" (0 disables)" if key in ("checkpoint_every", "certify_every",
+                                                                           "inner.radius", "outer.clip") else ""))
+    for key in ("inner.optimizer", "outer.optimizer"):
+        value = get_key(cfg, key)
+        _check(value in OPTIMIZERS, key, value, f"one of {', '.join(sorted(OPTIMIZERS))}")
+    from .sampling import SCHEMES
+
+    _check(cfg.sampling.scheme in SCHEMES, "sampling.scheme", cfg.sampling.scheme, f"one of {', '.join(SCHEMES)}")
+
+
+def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every typed field (free-form dicts such as params are the problem's to check)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _leaf_keys(value, f"{prefix}{f.name}.")
+        elif not isinstance(value, dict):
+            out.append(prefix + f.name)
+    return out
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
