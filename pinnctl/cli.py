@@ -36,18 +36,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in sorted(found.entries):
         entry = found.entries[name]
         print(f"{name:<{width}}  {entry.description}  [{entry.path}]")
-    for err in found.errors:
+    errors = found.errors + [f"problem '{name}' is defined twice: {' and '.join(map(str, paths))}; rename one"
+                             for name, paths in sorted(found.duplicates.items())]
+    for err in errors:
         print(f"error: {err}", file=sys.stderr)
-    return EXIT_FAILED if found.errors else 0
+    return EXIT_FAILED if errors else 0
 
 
 # ----------------------------------------------------------------------------- reference
 
 
 def _problem_params(name: str, sets: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from .discovery import discover
+    from .discovery import find
 
-    entry = discover().get(name)
+    entry = find(name)
     problem = entry.build(**sets)
     return problem, dict(getattr(problem, "params", {}))
 
@@ -260,9 +262,9 @@ SOLVE_MODES: dict[str, Callable[[configmod.Config, Any, bool, Path], dict[str, A
 
 
 def _discover_problem(name: str, params: dict[str, Any]) -> Any:
-    from .discovery import discover
+    from .discovery import find
 
-    return discover().get(name).build(**params)
+    return find(name).build(**params)
 
 
 def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None, Any]:

@@ -92,10 +92,10 @@ def reference_optimum(runs: list[Run]) -> Any | None:
     problems = {r.config.get("problem") for r in runs}
     if len(problems) != 1 or None in problems:
         raise PinnctlError(f"compare needs runs of one problem, got: {', '.join(sorted(map(str, problems)))}")
-    from .discovery import discover
+    from .discovery import find
     from .problem import load_reference
 
-    problem = discover().get(problems.pop()).build(**runs[0].config.get("params", {}))
+    problem = find(problems.pop()).build(**runs[0].config.get("params", {}))
     if problem.reference is None:
         return None
     return load_reference(problem.reference).optimum(**problem.params, measure="grid")

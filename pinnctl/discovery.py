@@ -32,24 +32,60 @@ class ProblemEntry:
         """The problem object, built with parameter overrides when the file has ``make``."""
         make = getattr(self.module, "make", None)
         if make is not None:
-            unknown = set(params) - set(inspect.signature(make).parameters)
+            signature = inspect.signature(make)
+            unknown = set(params) - set(signature.parameters)
             if unknown:
                 raise PinnctlError(
                     f"problem '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}; "
-                    f"known: {', '.join(inspect.signature(make).parameters) or 'none'}"
+                    f"known: {', '.join(signature.parameters) or 'none'}"
                 )
-            return make(**params)
+            for key, value in params.items():
+                _check_param(self.name, key, value, signature.parameters[key])
+            try:
+                return make(**params)
+            except PinnctlError as e:
+                raise PinnctlError(f"problem '{self.name}': {e}") from None
+            except Exception as e:
+                raise PinnctlError(f"problem '{self.name}' failed to build with {params}: "
+                                   f"{_one_line(e)}") from None
         if params:
             raise PinnctlError(f"problem '{self.name}' takes no parameters (its file defines no make())")
         return self.module.problem
+
+
+SIMPLE_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _check_param(problem: str, key: str, value: Any, param: inspect.Parameter) -> None:
+    """A parameter whose make() annotation (or default) is a plain number, bool or string must
+    be one: ``--set params.nu=abc`` is a one-line error here, not a traceback deep in a residual."""
+    hint = param.annotation if param.annotation is not inspect.Parameter.empty else (
+        type(param.default) if param.default is not inspect.Parameter.empty and param.default is not None else None)
+    typ = SIMPLE_TYPES.get(hint if isinstance(hint, str) else getattr(hint, "__name__", ""))
+    if typ is None:
+        return
+    ok = isinstance(value, typ) and (typ is bool or not isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise PinnctlError(f"problem '{problem}' parameter '{key}' expects {typ.__name__}, got {value!r}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 @dataclass
 class Discovery:
     entries: dict[str, ProblemEntry]
     errors: list[str]
+    duplicates: dict[str, list[Path]] = field(default_factory=dict)  # an error only for the name asked for
 
     def get(self, name: str) -> ProblemEntry:
+        if name in self.duplicates:
+            raise PinnctlError(f"problem '{name}' is defined twice: "
+                               f"{' and '.join(str(p) for p in self.duplicates[name])}; rename one")
         if name in self.entries:
             return self.entries[name]
         msg = f"unknown problem '{name}'; known: {', '.join(sorted(self.entries)) or 'none'}"
@@ -104,25 +140,42 @@ def load_file(path: Path) -> ProblemEntry:
         obj = module.problem if hasattr(module, "problem") else module.make() if hasattr(module, "make") else None
     except PinnctlError as e:
         raise PinnctlError(f"{path}: {e}") from None
+    except SystemExit as e:  # a script-style file: report it, never let it end pinnctl
+        raise PinnctlError(f"{path}: called sys.exit({e.code!r}) at import; a problem file must not exit") from None
     except Exception as e:
-        raise PinnctlError(f"{path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise PinnctlError(f"{path}: {_one_line(e)}") from None
     if obj is None or not hasattr(obj, "name"):
         raise PinnctlError(f"{path}: defines neither 'problem' nor 'make()' returning a problem")
     return ProblemEntry(name=obj.name, path=path, description=_describe(module, obj), module=module)
 
 
-def discover(cwd: Path | None = None) -> Discovery:
+def discover(cwd: Path | None = None, files: list[Path] | None = None) -> Discovery:
+    """Every problem file loaded; a broken file, or two files defining one name, disable only
+    themselves (and are reported by ``pinnctl list`` and when that name is asked for)."""
     entries: dict[str, ProblemEntry] = {}
     errors: list[str] = []
-    for path in candidate_files(cwd):
+    duplicates: dict[str, list[Path]] = {}
+    for path in candidate_files(cwd) if files is None else files:
         try:
             entry = load_file(path)
         except PinnctlError as e:
             errors.append(str(e))
             continue
-        if entry.name in entries:
-            raise PinnctlError(
-                f"problem '{entry.name}' is defined twice: {entries[entry.name].path} and {entry.path}; rename one"
-            )
+        if entry.name in entries or entry.name in duplicates:
+            first = entries.pop(entry.name, None)
+            duplicates.setdefault(entry.name, [first.path] if first else []).append(entry.path)
+            continue
         entries[entry.name] = entry
-    return Discovery(entries, errors)
+    return Discovery(entries, errors, duplicates)
+
+
+def find(name: str, cwd: Path | None = None) -> ProblemEntry:
+    """The problem called ``name``. Discovery executes problem files, so only the files named
+    ``<name>.py`` are loaded when one of them defines it (a duplicate in another file of the
+    same name is still caught); otherwise every file is."""
+    named = [p for p in candidate_files(cwd) if p.stem == name]
+    if named:
+        found = discover(cwd, files=named)
+        if name in found.entries or name in found.duplicates:
+            return found.get(name)
+    return discover(cwd).get(name)

@@ -129,14 +129,14 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
     import torch
 
-    from .discovery import discover
+    from .discovery import find
     from .geometry import Box
     from .problem import load_reference
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/t" not in arrays:
         return None
-    problem = discover().get(config["problem"]).build(**config.get("params", {}))
+    problem = find(config["problem"]).build(**config.get("params", {}))
     if problem.reference is None or problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
         return None
     ref = load_reference(problem.reference)
@@ -192,8 +192,19 @@ PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (
     plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_metrics, plot_images)
 
 
+HISTORY_PLOTS = (plot_objective, plot_loss_terms, plot_metrics)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Every figure that applies to this run, written next to its run file."""
+    """Every figure that applies to this run, written next to its run file (a run stopped
+    before its first outer step has no history to draw, only its control and state)."""
+    from . import PinnctlError
+
     data = runs.read(run_dir)
     out = data["path"].parent
-    return [p for p in (fn(data, out) for fn in PLOTS) if p is not None]
+    plots = [fn for fn in PLOTS if data["rows"] > 0 or fn not in HISTORY_PLOTS]
+    paths = [p for p in (fn(data, out) for fn in plots) if p is not None]
+    if not paths:
+        raise PinnctlError(f"run {out} has no outer steps and no saved state yet (status "
+                           f"'{data['attrs'].get('status')}'): nothing to plot")
+    return paths
