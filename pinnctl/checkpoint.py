@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its messages
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 

@@ -72,13 +72,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def _run_dir(cfg: configmod.Config, out: str | None) -> Path:
+    """--out as given (checked, created by ``runs.hold``), or a new timestamped folder."""
+    from . import runs
+
     if out:
-        path = Path(out)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{cfg.problem}-{cfg.method.name}-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        return runs.check_out(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return runs.default_dir(Path("runs") / f"{cfg.problem}-{cfg.method.name}-{stamp}")
 
 
 def _pretrain_bar(total: int, quiet: bool) -> tuple[Callable[[int, float], None] | None, Callable[[], None]]:
@@ -143,18 +143,19 @@ def _fmt_record(rec: Any, j_star: float | None) -> str:
     return "  ".join(parts)
 
 
-def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Path,
+def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
                   resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Algorithm 1 with the run file appended every outer step and atomic checkpoints."""
+    """Algorithm 1 with the run file appended every outer step and atomic checkpoints
+    (which also carry the config and the history, so a lost run.h5 is rebuilt on resume)."""
     import numpy as np
+    import torch
 
     from . import checkpoint as ckpt
-    from . import runs, solve_setup
+    from . import runs
     from .bilevel import run
     from .problem import load_reference
 
-    setup = solve_setup.build(cfg, problem_obj)
-    problem = setup.problem
+    problem_obj, problem = setup.problem_obj, setup.problem
     optimum = None
     if problem_obj.reference is not None and problem.certify is not None:
         optimum = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid")
@@ -166,6 +167,9 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         if optimum is not None and optimum.t is not None:
             runs.write_reference(run_file, optimum.t, optimum.f)
     else:
+        if not _readable(run_file):
+            _rebuild_run_file(out, cfg, resume, j_star, optimum)
+            _print(f"{run_file} was missing or unreadable: rebuilt from the checkpoint's config and history", quiet=quiet)
         runs.truncate(run_file, int(resume["outer_step"]))
         runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
         _print(f"resuming {out} after outer step {resume['outer_step']}", quiet=quiet)
@@ -181,7 +185,9 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
                          image_shape=problem.info.get("v_image_shape"))
 
     def checkpoint(snap: dict[str, Any]) -> None:
-        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), **snap})
+        rows = int(snap["outer_step"])
+        history = {k: torch.from_numpy(np.ascontiguousarray(a[:rows])) for k, a in runs.history_arrays(run_file).items()}
+        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), "history": history, **snap})
         save_state(snap["theta"], snap["v"])
 
     worker: dict[str, Any] = {}
@@ -223,6 +229,28 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     elif last:
         _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     return summary
+
+
+def _readable(run_file: Path) -> bool:
+    from . import runs
+
+    try:
+        runs.read(run_file)
+        return True
+    except PinnctlError:
+        return False
+
+
+def _rebuild_run_file(out: Path, cfg: configmod.Config, snap: dict[str, Any], j_star: float | None, optimum: Any) -> None:
+    from . import runs
+
+    run_file = out / runs.RUN_FILE
+    if run_file.exists():  # unreadable: kept beside the new one, never deleted
+        run_file.replace(run_file.with_suffix(".h5.unreadable"))
+    history = {k: v.numpy() for k, v in snap.get("history", {}).items()}
+    runs.rebuild(out, config=configmod.to_dict(cfg), history=history, j_star=j_star)
+    if optimum is not None and optimum.t is not None:
+        runs.write_reference(run_file, optimum.t, optimum.f)
 
 
 @contextlib.contextmanager
@@ -267,9 +295,11 @@ def _discover_problem(name: str, params: dict[str, Any]) -> Any:
     return find(name).build(**params)
 
 
-def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None, Any]:
+def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None, Any,
+                                                          configmod.Config | None]:
     """A fresh config (preset → problem defaults → TOML → --set), or, with --resume, the run's own
-    config plus --set; with the problem object when it was built on the way (else None)."""
+    config (from its checkpoint) plus --set; with the problem object when it was built on the
+    way (else None) and, on resume, the run's config before the --set overrides."""
     sets = configmod.parse_sets(args.set or [])
     if args.resume is None:
         if args.problem is None:
@@ -281,27 +311,65 @@ def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, d
         if hasattr(problem_obj, "config_defaults"):
             defaults = problem_obj.config_defaults(args.preset, cfg.method.name)
             cfg = configmod.resolve(args.preset, args.config, sets, problem_defaults=defaults, **top)
-        return cfg, None, (problem_obj if cfg.params == params else None)
+        return cfg, None, (problem_obj if cfg.params == params else None), None
     from . import checkpoint as ckpt
-    from . import runs
 
-    if args.config or args.seed is not None or args.method is not None:
+    if args.config or args.seed is not None or args.method is not None or args.overwrite:
         raise PinnctlError("--resume continues a run with its own config; only --set overrides are allowed (e.g. outer.steps)")
     snap = ckpt.load(Path(args.resume))
-    cfg = configmod.from_dict(runs.read(args.resume)["attrs"]["config"])
-    if args.problem is not None and args.problem != cfg.problem:
-        raise PinnctlError(f"--resume {args.resume} is a run of '{cfg.problem}', not '{args.problem}'")
+    old = _run_config(snap, Path(args.resume))
+    if args.problem is not None and args.problem != old.problem:
+        raise PinnctlError(f"--resume {args.resume} is a run of '{old.problem}', not '{args.problem}'")
+    cfg = configmod.from_dict(configmod.to_dict(old))
     for key, value in sets.items():
         configmod.set_key(cfg, key, value)
-    return cfg, snap, None
+    return cfg, snap, None, old
+
+
+def _run_config(snap: dict[str, Any], run_dir: Path) -> configmod.Config:
+    """The config a checkpoint was written with (older checkpoints: the run file's)."""
+    from . import runs
+
+    if isinstance(snap.get("config"), str):
+        return configmod.from_dict(json.loads(snap["config"]))
+    return configmod.from_dict(runs.read(run_dir)["attrs"]["config"])
+
+
+def _check_snapshot_fits(snap: dict[str, Any], problem: Any, run_dir: str) -> None:
+    for key, what, now in (("theta", "state net", problem.theta0), ("v", "control", problem.v0)):
+        if snap[key].numel() != now.numel():
+            raise PinnctlError(f"--resume {run_dir}: the checkpoint's {what} has {snap[key].numel()} parameters, the problem "
+                               f"now builds {now.numel()} (was its file changed?); start a new run")
+
+
+def _validate(cfg: configmod.Config, bilevel: bool) -> None:
+    """Everything that can be checked before a run folder is touched."""
+    from .hypergrad import make_method
+    from .solve_setup import check_devices
+
+    configmod.validate(cfg, bilevel=bilevel)
+    check_devices(cfg)
+    if bilevel:
+        make_method(cfg.method.name, cfg.method.options)  # unknown or bad options
+
+
+def _compile(cfg: configmod.Config, problem_obj: Any) -> Any:
+    """The compiled problem and estimator; compiling evaluates the problem's residuals, targets
+    and controls once, so a broken problem file is a one-line error before any run folder exists."""
+    from . import solve_setup
+
+    try:
+        return solve_setup.build(cfg, problem_obj)
+    except PinnctlError:
+        raise
+    except Exception as e:
+        raise PinnctlError(f"problem '{cfg.problem}' does not compile: {_one_line(e)}") from None
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    from . import checkpoint as ckpt
-    from . import runs
     from .hypergrad import known_methods
 
-    cfg, snap, problem_obj = _resolve_solve_config(args)
+    cfg, snap, problem_obj, old = _resolve_solve_config(args)
     if args.parallel:
         cfg.parallel.enabled = True
     if cfg.parallel.enabled:
@@ -315,42 +383,88 @@ def cmd_solve(args: argparse.Namespace) -> int:
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
-    from .solve_setup import check_devices
-
-    check_devices(cfg)
-    if snap is not None and cfg.method.name in SOLVE_MODES:
+    bilevel = cfg.method.name not in SOLVE_MODES
+    if snap is not None and not bilevel:
         raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
+    if old is not None:
+        configmod.check_resume(old, cfg, args.resume)
+    _validate(cfg, bilevel)
     if problem_obj is None:
         problem_obj = _discover_problem(cfg.problem, cfg.params)
+    setup = _compile(cfg, problem_obj) if bilevel else None
+    if snap is not None:
+        _check_snapshot_fits(snap, setup.problem, args.resume)
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {args.preset})", quiet=args.quiet)
     _print("config: " + configmod.to_json(cfg), quiet=args.quiet)
+    from . import runs
+    from .signals import sigterm_as_interrupt
+
     out = Path(args.resume) if snap is not None else _run_dir(cfg, args.out)
-    bilevel = cfg.method.name not in SOLVE_MODES
+    with runs.hold(out, fresh=snap is None, overwrite=args.overwrite), sigterm_as_interrupt():
+        return _solve_in(out, cfg, setup, problem_obj, args.quiet, snap, bilevel)
+
+
+def _solve_in(out: Path, cfg: configmod.Config, setup: Any, problem_obj: Any, quiet: bool,
+              snap: dict[str, Any] | None, bilevel: bool) -> int:
+    """The run itself, in its locked folder; every way it can end leaves a status and a summary."""
+    from . import runs
+
     if not bilevel:
         (out / "config.json").write_text(configmod.to_json(cfg))
     try:
         if bilevel:
-            summary = solve_bilevel(cfg, problem_obj, args.quiet, out, resume=snap)
+            summary = solve_bilevel(cfg, setup, quiet, out, resume=snap)
         else:
-            summary = SOLVE_MODES[cfg.method.name](cfg, problem_obj, args.quiet, out)
-    except (PinnctlError, KeyboardInterrupt) as e:
-        from .bilevel import DivergenceError
-
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else ("diverged" if isinstance(e, DivergenceError) else "failed")
-        (out / "summary.json").write_text(json.dumps({"status": status, "error": str(e), "config": configmod.to_dict(cfg)}, indent=1))
-        if bilevel and (out / runs.RUN_FILE).exists():
-            runs.set_status(out / runs.RUN_FILE, status, error=str(e))
-            _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, last good checkpoint in {out / ckpt.CHECKPOINT} "
-                   f"(continue with: pinnctl solve --resume {out})", quiet=False)
-        raise
+            summary = SOLVE_MODES[cfg.method.name](cfg, problem_obj, quiet, out)
+    except (Exception, KeyboardInterrupt) as e:
+        error = _record_failure(out, cfg, bilevel, e)
+        if isinstance(e, (PinnctlError, KeyboardInterrupt)):
+            raise
+        raise error from e
     summary["status"] = "done"
     summary["config"] = configmod.to_dict(cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if bilevel:
         runs.set_status(out / runs.RUN_FILE, "done", summary={k: v for k, v in summary.items() if k != "config"})
     _print(f"results: {out / 'summary.json'}" + (f", {out / runs.RUN_FILE} (plots: pinnctl plot {out})" if bilevel else ""),
-           quiet=args.quiet)
+           quiet=quiet)
     return 0
+
+
+def _record_failure(out: Path, cfg: configmod.Config, bilevel: bool, e: BaseException) -> RunError:
+    """Status, summary.json and (for an unexpected exception) error.txt with the traceback;
+    returns the one-line RunError that reports an unexpected exception."""
+    import traceback
+
+    from . import checkpoint as ckpt
+    from . import runs
+    from .bilevel import DivergenceError
+    from .signals import Terminated
+
+    if isinstance(e, KeyboardInterrupt):
+        status, message = "interrupted", "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+    else:
+        status = "diverged" if isinstance(e, DivergenceError) else "failed"
+        message = str(e) if isinstance(e, PinnctlError) else _one_line(e)
+    error = RunError(message)
+    if not isinstance(e, (PinnctlError, KeyboardInterrupt)):
+        (out / "error.txt").write_text("".join(traceback.format_exception(e)))
+        error = RunError(f"run failed: {message} (traceback in {out / 'error.txt'})")
+    (out / "summary.json").write_text(json.dumps({"status": status, "error": message, "config": configmod.to_dict(cfg)},
+                                                 indent=1))
+    if bilevel and (out / runs.RUN_FILE).exists():
+        runs.set_status(out / runs.RUN_FILE, status, error=message)
+        if (out / ckpt.CHECKPOINT).exists():
+            hint = f"last good checkpoint in {out / ckpt.CHECKPOINT} (continue with: pinnctl solve --resume {out})"
+        else:
+            hint = "it stopped before its first checkpoint (during pretraining): nothing to resume; start it again with --overwrite"
+        _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, {hint}", quiet=False)
+    return error
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------- compare
@@ -406,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="TOML file with config overrides")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. inner.steps=50")
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>)")
+    sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>); must be empty or new")
+    sp.add_argument("--overwrite", action="store_true", help="replace the run in a non-empty --out")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
     sp.add_argument("--parallel", action="store_true",
                     help="curvature worker in a second process (Algorithm 2; see parallel.* config keys)")
@@ -436,9 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     except PinnctlError as e:
         print(f"pinnctl: error: {e}", file=sys.stderr)
         return EXIT_FAILED if isinstance(e, RunError) else EXIT_USAGE
-    except KeyboardInterrupt:
-        print("pinnctl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from .signals import Terminated, exit_code
+
+        print(f"pinnctl: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

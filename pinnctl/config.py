@@ -278,3 +278,21 @@ def get_key(cfg: Config, key: str) -> Any:
     for part in key.split("."):
         obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
     return obj
+
+
+# What defines a run's numbers: a resume may not change it (the checkpoint's state would not fit,
+# or the history would silently mix two setups). Everything else (outer.steps, learning rates,
+# checkpoint_every, certify_every, parallel.*) may change.
+RESUME_FIXED = ("problem", "params", "seed", "sampling", "method", "inner.optimizer", "outer.optimizer")
+
+
+def check_resume(old: Config, new: Config, run_dir: str | Path) -> None:
+    """A resumed config compatible with the run it continues, or a one-line error naming the key."""
+    before, after = _flatten(to_dict(old)), _flatten(to_dict(new))
+    unset = "its default"
+    for key in sorted(set(before) | set(after)):
+        if any(key == f or key.startswith(f + ".") for f in RESUME_FIXED) and before.get(key) != after.get(key):
+            was, now = (repr(d[key]) if key in d else unset for d in (before, after))
+            raise PinnctlError(f"--resume {run_dir}: '{key}' would change from {was} to {now}, "
+                               "but a resume keeps the run's problem, method and optimisers; start a new run "
+                               "(another --out) to change it")
