@@ -178,4 +178,6 @@ def find(name: str, cwd: Path | None = None) -> ProblemEntry:
         found = discover(cwd, files=named)
         if name in found.entries or name in found.duplicates:
             return found.get(name)
+        if found.errors:  # <name>.py is the file meant, and it is broken: say so, not "unknown problem"
+            raise PinnctlError(f"problem '{name}' failed to load: {found.errors[0]}")
     return discover(cwd).get(name)
