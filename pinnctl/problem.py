@@ -13,7 +13,9 @@ from .pde.declare import (
     Tracking, VectorControl, constant_control, control_params, control_values, relu_penalty, tikhonov,
 )
 from .pde.kfac import combine_kfac_terms, kfac_expand_factors, layer_inputs_and_grads, pde_kfac_factors
-from .pde.reference import ControlVector, FieldSamples, Optimum, Reference, TimeSamples, as_reference, load_reference
+from .pde.reference import (
+    ControlVector, FieldSamples, Optimum, Reference, TimeSamples, as_reference, load_reference, reference_of,
+)
 from .pde.taylor import ChannelRecorder, Fields, JetOps
 
 __all__ = [
@@ -23,5 +25,5 @@ __all__ = [
     "Points", "TimeControl", "Tracking", "VectorControl", "constant_control", "control_params", "control_values",
     "relu_penalty", "tikhonov", "combine_kfac_terms", "kfac_expand_factors", "layer_inputs_and_grads",
     "pde_kfac_factors", "ControlVector", "FieldSamples", "Optimum", "Reference", "TimeSamples", "as_reference",
-    "load_reference", "ChannelRecorder", "Fields", "JetOps",
+    "load_reference", "reference_of", "ChannelRecorder", "Fields", "JetOps",
 ]

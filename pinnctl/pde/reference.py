@@ -176,3 +176,8 @@ class Bound(Reference):
 
     def report(self) -> str:
         return super().report() if self._report is None else self._report(**self.params)
+
+
+def reference_of(problem: Any) -> Reference | None:
+    """The Reference of a PDEProblem (None when it has none)."""
+    return as_reference(getattr(problem, "reference", None), dict(getattr(problem, "params", {})), f"problem '{problem.name}'")
