@@ -138,7 +138,7 @@ def _a_file(root: Path) -> None:
     (root / "afile").write_text("not a folder")
 
 
-FIFTEEN = "issue 15 (problem layer): compile-time checks of residuals, targets, controls and parameters"
+FIFTEEN = "issue 15 (problem layer): heat2d checks nu > 0"
 TWENTY = "issue 20: the parallel worker's float() of non-float diagnostics"
 HEAT = ["solve", "heat2d", *TINY, "--out", "{new}"]
 
@@ -161,13 +161,13 @@ ROWS = [
     Row("config-not-utf8", [*HEAT, "--config", "bad.toml"], "not UTF-8", prepare=_config_binary),
     Row("out-is-a-file", ["solve", "heat2d", *TINY, "--out", "afile"], "is a file", prepare=_a_file),
     Row("out-under-a-file", ["solve", "heat2d", *TINY, "--out", "afile/run"], "which is a file", prepare=_a_file),
-    Row("residual-raises", ["solve", "u_raise", *TINY, "--out", "{new}"], "pde", xfail=FIFTEEN,
+    Row("residual-raises", ["solve", "u_raise", *TINY, "--out", "{new}"], "pde",
         prepare=_write("u_raise", user_problem("u_raise", residual="raise ValueError('oops')"))),
-    Row("residual-returns-none", ["solve", "u_none", *TINY, "--out", "{new}"], "pde", xfail=FIFTEEN,
+    Row("residual-returns-none", ["solve", "u_none", *TINY, "--out", "{new}"], "pde",
         prepare=_write("u_none", user_problem("u_none", residual="return None"))),
-    Row("target-wrong-size", ["solve", "u_target", *TINY, "--out", "{new}"], "target", xfail=FIFTEEN,
+    Row("target-wrong-size", ["solve", "u_target", *TINY, "--out", "{new}"], "target",
         prepare=_write("u_target", user_problem("u_target", target="x[:3, 0]"))),
-    Row("vector-control-size-mismatch", ["solve", "u_vec", *TINY, "--out", "{new}"], "boundary", xfail=FIFTEEN,
+    Row("vector-control-size-mismatch", ["solve", "u_vec", *TINY, "--out", "{new}"], "boundary",
         prepare=_write("u_vec", user_problem("u_vec", bvalue="CONTROL", nbnd=4, nctrl=3))),
     Row("make-returns-junk", ["solve", "u_junk", *TINY, "--out", "{new}"], "u_junk",
         prepare=_write("u_junk", "def make():\n    return 42\n")),
@@ -179,13 +179,13 @@ ROWS = [
         marks=[pytest.mark.slow]),
     Row("plot-run-without-rows", ["plot", "norows"], "nothing to plot", prepare=_empty_run),
     # --- silently accepted before ---
-    Row("residual-scalar", ["solve", "u_scalar", *TINY, "--out", "{new}"], "pde", xfail=FIFTEEN,
+    Row("residual-scalar", ["solve", "u_scalar", *TINY, "--out", "{new}"], "pde",
         prepare=_write("u_scalar", user_problem("u_scalar", residual="return r.sum()"))),
-    Row("residual-slice", ["solve", "u_slice", *TINY, "--out", "{new}"], "pde", xfail=FIFTEEN,
+    Row("residual-slice", ["solve", "u_slice", *TINY, "--out", "{new}"], "pde",
         prepare=_write("u_slice", user_problem("u_slice", residual="return r[:2]"))),
-    Row("residual-two-columns", ["solve", "u_cols", *TINY, "--out", "{new}"], "pde", xfail=FIFTEEN,
+    Row("residual-two-columns", ["solve", "u_cols", *TINY, "--out", "{new}"], "pde",
         prepare=_write("u_cols", user_problem("u_cols", residual="return torch.stack([r, r], 1)"))),
-    Row("vector-control-broadcast", ["solve", "u_bcast", *TINY, "--out", "{new}"], "boundary", xfail=FIFTEEN,
+    Row("vector-control-broadcast", ["solve", "u_bcast", *TINY, "--out", "{new}"], "boundary",
         prepare=_write("u_bcast", user_problem("u_bcast", bvalue="CONTROL", nbnd=4, nctrl=1))),
     Row("negative-outer-steps", [*HEAT, "--set", "outer.steps=-5"], "'outer.steps' must be > 0"),
     Row("zero-inner-steps", [*HEAT, "--set", "inner.steps=0"], "'inner.steps' must be > 0"),
