@@ -28,31 +28,64 @@ def _print(*args: Any, quiet: bool = False) -> None:
 # ----------------------------------------------------------------------------- progress
 
 
-def _pretrain_bar(total: int, quiet: bool) -> tuple[Callable[[int, float], None] | None, Callable[[], None]]:
-    if quiet or total == 0:
-        return None, lambda: None
+def _bar_class(notebook: bool) -> Any:
+    """tqdm's notebook widget in Jupyter (its text bar there without ipywidgets), the terminal one elsewhere."""
+    if notebook:
+        try:
+            import ipywidgets  # noqa: F401 - tqdm.notebook needs it
+
+            from tqdm.notebook import tqdm
+        except ImportError:
+            from tqdm.std import tqdm
+        return tqdm
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="pretrain state", unit="step", file=sys.stderr, mininterval=1.0)
-
-    def progress(k: int, loss: float) -> None:
-        bar.update(1)
-        if k % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.3e}")
-
-    return progress, bar.close
+    return tqdm
 
 
-def _wrap_close(progress: Callable[[int, float], None] | None, close: Callable[[], None], total: int):
-    if progress is None:
-        return None
+class Progress:
+    """What a solve shows while it runs: a pretraining bar, then per outer step the record line
+    (terminal) or one bar whose text is that line (notebook). ``quiet`` shows nothing."""
 
-    def wrapped(k: int, loss: float) -> None:
-        progress(k, loss)
-        if k == total - 1:
-            close()
+    def __init__(self, quiet: bool, notebook: bool | None = None) -> None:
+        self.quiet = quiet
+        self.notebook = in_notebook() if notebook is None else notebook
+        self.bar: Any = None
 
-    return wrapped
+    def _file(self) -> Any:
+        return sys.stdout if self.notebook else sys.stderr
+
+    def pretrain(self, total: int) -> tuple[Callable[[int, float], None] | None, Callable[[], None]]:
+        """A callback per pretraining step (the bar closes itself after the last) and the bar's close."""
+        if self.quiet or total == 0:
+            return None, lambda: None
+        bar = _bar_class(self.notebook)(total=total, desc="pretrain state", unit="step", file=self._file(), mininterval=1.0)
+
+        def progress(k: int, loss: float) -> None:
+            bar.update(1)
+            if k % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3e}")
+            if k == total - 1:
+                bar.close()
+
+        return progress, bar.close
+
+    def outer(self, rec: Any, j_star: float | None, first: int, total: int) -> None:
+        if self.quiet:
+            return
+        line = format_record(rec, j_star)
+        if not self.notebook:
+            print(line, flush=True)
+            return
+        if self.bar is None:
+            self.bar = _bar_class(True)(total=total, initial=first, desc="outer", unit="step", file=self._file())
+        self.bar.update(1)
+        self.bar.set_postfix_str(line.split("  loss ")[0], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def format_record(rec: Any, j_star: float | None) -> str:
@@ -84,7 +117,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
     v = constant_control(problem_obj.control, cfg.forward.control)
     state = InnerState.create(problem.theta0, cfg.pretrain)
-    progress, close = _pretrain_bar(cfg.pretrain.steps, quiet)
+    progress, close = Progress(quiet).pretrain(cfg.pretrain.steps)
     start = time.perf_counter()
     loss = train_state(problem, state, v, cfg.pretrain.steps, progress)
     close()
@@ -132,11 +165,13 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         runs.truncate(run_file, int(resume["outer_step"]))
         runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
         _print(f"resuming {out} after outer step {resume['outer_step']}", quiet=quiet)
-    progress, close = _pretrain_bar(cfg.pretrain.steps if resume is None else 0, quiet)
+    shown = Progress(quiet)
+    progress, close = shown.pretrain(cfg.pretrain.steps if resume is None else 0)
+    first = int(resume["outer_step"]) if resume is not None else 0
 
     def callback(rec: Any) -> None:
         runs.append(run_file, rec)
-        _print(format_record(rec, j_star), quiet=quiet)
+        shown.outer(rec, j_star, first, cfg.outer.steps)
 
     def save_state(theta: Any, v: Any) -> None:
         samples = problem.control_samples(v) if problem.control_samples is not None else None
@@ -151,10 +186,11 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     with _estimator(cfg, setup.estimator, quiet, worker) as estimator:
         result = run(
             problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
-            callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps), resume=resume,
+            callback=callback, pretrain_progress=progress, resume=resume,
             checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
         )
     close()
+    shown.close()
     save_state(result.theta, result.v)
     history = runs.history_records(runs.read(run_file))
     last = history[-1] if history else None
@@ -215,26 +251,40 @@ SOLVE_MODES: dict[str, Callable[[configmod.Config, Any, bool, Path], dict[str, A
 # ----------------------------------------------------------------------------- solve: the five steps
 
 
+def _problem_name(obj: Any) -> str:
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str):
+        raise PinnctlError(f"a problem must be a name or an object with a 'name' (a PDEProblem), got {type(obj).__name__}")
+    return name
+
+
 def _discover_problem(name: str, params: dict[str, Any]) -> Any:
     from .discovery import discover
 
     return discover().get(name).build(**params)
 
 
-def resolve_config(problem: str | None, *, method: str | None = None, preset: str = "quick", seed: int | None = None,
+def resolve_config(problem: Any, *, method: str | None = None, preset: str = "quick", seed: int | None = None,
                    config: str | Path | None = None, sets: dict[str, Any] | None = None) -> tuple[configmod.Config, Any]:
     """A fresh config (preset → problem defaults → TOML → overrides → explicit arguments), with the
-    problem object when it was built on the way with the final parameters (else None)."""
+    problem object when it was built on the way with the final parameters (else None).
+    ``problem`` is a name to discover or a problem object (then used as it is)."""
     sets = sets or {}
     if problem is None:
         raise PinnctlError("solve needs a problem name (or --resume RUN_DIR)")
-    top = {"problem": problem, "seed": seed, "method.name": method}
+    given = None if isinstance(problem, str) else problem
+    top = {"problem": problem if given is None else _problem_name(given), "seed": seed, "method.name": method}
     cfg = configmod.resolve(preset, config, sets, **top)
     params = dict(cfg.params)
-    problem_obj = _discover_problem(cfg.problem, params)
+    problem_obj = _discover_problem(cfg.problem, params) if given is None else given
+    if given is not None and params:
+        raise PinnctlError("params overrides apply to problems found by name; build the object with the parameters instead")
     if hasattr(problem_obj, "config_defaults"):
         defaults = problem_obj.config_defaults(preset, cfg.method.name)
         cfg = configmod.resolve(preset, config, sets, problem_defaults=defaults, **top)
+    if given is not None:
+        cfg.params = dict(getattr(given, "params", {}))  # recorded in the run, as for a discovered problem
+        return cfg, given
     return cfg, (problem_obj if cfg.params == params else None)
 
 
@@ -246,6 +296,8 @@ def resolve_resume(path: str | Path, *, problem: str | None = None,
 
     snap = ckpt.load(Path(path))
     cfg = configmod.from_dict(runs.read(path)["attrs"]["config"])
+    if problem is not None and not isinstance(problem, str):
+        problem = _problem_name(problem)
     if problem is not None and problem != cfg.problem:
         raise PinnctlError(f"--resume {path} is a run of '{cfg.problem}', not '{problem}'")
     for key, value in (sets or {}).items():
@@ -327,13 +379,16 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
         snap = None
     else:
         cfg, snap = resolve_resume(resume, problem=problem, sets=sets)
-        problem_obj = None
+        problem_obj = None if problem is None or isinstance(problem, str) else problem
     if parallel:
         cfg.parallel.enabled = True
     if cfg.parallel.enabled:
         from . import parallel as par
 
         par.check_config(cfg.parallel)  # before any run directory or process exists
+        if problem is not None and not isinstance(problem, str):
+            raise PinnctlError("parallel=True needs a problem file: the curvature worker finds the problem by name "
+                               "(save it under ./problems/ and pass its name)")
         if par.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
             par.check_torchrun_world()
             par.worker_main(configmod.to_dict(cfg))
@@ -346,30 +401,33 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
     run_dir = Path(resume) if snap is not None else create_run_dir(cfg, out)
     summary = execute(cfg, problem_obj, run_dir, quiet=quiet, snap=snap)
     finalise(cfg, run_dir, summary, quiet=quiet)
-    return Run(run_dir)
+    return Run(run_dir, problem=None if isinstance(problem, str) else problem)
 
 
 # ----------------------------------------------------------------------------- public functions
 
 
-def solve(problem: str, method: str | None = "nhgd", preset: str = "quick", seed: int | None = 0,
+def solve(problem: Any, method: str | None = "nhgd", preset: str = "quick", seed: int | None = 0,
           out: str | Path | None = None, parallel: bool = False, quiet: bool = False, *,
-          config: str | Path | None = None, **overrides: Any) -> "Run":
-    """Solve ``problem`` with ``method`` and return the finished :class:`Run`.
+          config: str | Path | None = None, options: dict[str, Any] | None = None, **overrides: Any) -> "Run":
+    """Solve ``problem`` (a name from ``problems()``, or a problem object) with ``method``; return the finished Run.
 
+    ``options`` are the method's own options (``{"variant": "fast"}`` for broyden);
     ``overrides`` are config keys, nested (``outer={"steps": 100}``) or dotted
-    (``**{"outer.steps": 100}``); ``config`` is a TOML file of overrides. ``method=None``
-    or ``seed=None`` take the value from the config file or preset.
+    (``**{"outer.steps": 100}``); ``config`` is a TOML file of overrides. ``method=None`` or
+    ``seed=None`` take the value from the config file or preset. Raises PinnctlError with the
+    CLI's one-line message for an unknown problem, method or key.
     """
+    sets = flatten_overrides(overrides)
+    sets.update(flatten_overrides(options or {}, "method.options."))
     run = launch(problem, method=method, preset=preset, seed=seed, out=out, parallel=parallel, quiet=quiet,
-                 config=config, sets=flatten_overrides(overrides))
-    assert run is not None
+                 config=config, sets=sets)
+    assert run is not None  # None only in torchrun's worker process
     return run
 
 
 def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested or dotted keyword overrides as dotted config keys (dicts inside a free-form
-    section such as ``method.options`` or ``params`` stay keys of that section)."""
+    """Nested or dotted keyword overrides as dotted config keys."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         name = f"{prefix}{key}"
@@ -380,11 +438,199 @@ def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, 
     return out
 
 
-class Run:
-    """A run directory: its config, history and summary, read from the files it wrote."""
+def load_run(path: str | Path) -> "Run":
+    """The run in directory ``path`` (finished, interrupted or still running)."""
+    path = Path(path)
+    from . import runs
 
-    def __init__(self, path: str | Path) -> None:
+    if not (path / runs.RUN_FILE).exists() and not (path / "summary.json").exists():
+        raise PinnctlError(f"{path} is not a run directory (no {runs.RUN_FILE})")
+    return Run(path)
+
+
+def problems() -> dict[str, str]:
+    """Every discoverable problem (bundled, ./problems, $PINNCTL_PROBLEMS): name → one-line description."""
+    from .discovery import discover
+
+    found = discover()
+    return {name: found.entries[name].description for name in sorted(found.entries)}
+
+
+def _reference_of(problem: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from .problem import load_reference
+
+    obj = _discover_problem(problem, params)
+    if obj.reference is None:
+        raise PinnctlError(f"problem '{problem}' has no reference solver")
+    return load_reference(obj.reference), dict(getattr(obj, "params", {}))
+
+
+def reference(problem: str, measure: str = "grid", **params: Any) -> Any:
+    """The exact optimum of ``problem`` from its classical solver: ``.J`` (J* on ``measure``) and,
+    for curve controls, ``.t``, ``.f`` (f*) and ``.control()``."""
+    ref, full = _reference_of(problem, params)
+    return ref.optimum(**full, measure=measure)
+
+
+def reference_report(problem: str, **params: Any) -> str:
+    """The reference solver's text report (what ``pinnctl reference`` prints)."""
+    ref, full = _reference_of(problem, params)
+    return ref.report(**full)
+
+
+class History(dict):
+    """One numpy array per recorded quantity, one entry per outer step: ``step``, ``outer_loss``,
+    ``certified/grid``, ``inner_terms/<name>``, ``info/<diagnostic>``, ``metrics/<name>``, timings."""
+
+    def to_pandas(self) -> Any:
+        """A DataFrame indexed by outer step (needs pandas, which pinnctl does not require)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise PinnctlError("to_pandas needs pandas; install it (pip install pandas) or use the arrays") from None
+        frame = pd.DataFrame({k: v for k, v in self.items() if k != "step"})
+        frame.index = pd.Index(self["step"].astype(int), name="step") if "step" in self else frame.index
+        return frame
+
+
+class Run:
+    """A run directory, read back from the files it wrote (``run.h5``, ``summary.json``)."""
+
+    def __init__(self, path: str | Path, problem: Any = None) -> None:
         self.path = Path(path)
+        self._problem = problem  # an in-memory problem object, kept for resume
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+    def _data(self) -> dict[str, Any]:
+        from . import runs
+
+        return runs.read(self.path)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config the run used (as stored in its files)."""
+        from . import runs
+
+        if (self.path / runs.RUN_FILE).exists():
+            return self._data()["attrs"]["config"]
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """summary.json: final and best certified J, J*, timings, status ({} while running)."""
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def status(self) -> str:
+        return str(self._data()["attrs"].get("status", "unknown"))
+
+    @property
+    def history(self) -> History:
+        """Per-outer-step arrays (see :class:`History`)."""
+        return History(self._data()["history"])
+
+    def to_pandas(self) -> Any:
+        """``history`` as a pandas DataFrame."""
+        return self.history.to_pandas()
+
+    @property
+    def certified(self) -> dict[str, float]:
+        """The last certified objective per measure (the learned control plugged into the exact
+        reference solver); {} for problems without a reference."""
+        import math
+
+        hist = self.history
+        out = {}
+        for key, values in hist.items():
+            if key.startswith("certified/"):
+                good = [float(x) for x in values if not math.isnan(float(x))]
+                if good:
+                    out[key.split("/", 1)[1]] = good[-1]
+        return out
+
+    @property
+    def j_star(self) -> float | None:
+        """J* of the grid measure, when the problem has a reference."""
+        value = self._data()["attrs"].get("J_star_grid")
+        return None if value is None else float(value)
+
+    def control(self, t: Any) -> Any:
+        """The learned control f(t) at times ``t``: linear interpolation of the 401 samples the run
+        stored of its latest control (time controls only)."""
+        import numpy as np
+
+        arrays = self._data()["arrays"]
+        if "control/t" not in arrays:
+            raise PinnctlError(f"run {self.path} stored no sampled control (only time controls are sampled)")
+        return np.interp(np.asarray(t, dtype=np.float64), arrays["control/t"], arrays["control/f"])
+
+    def plot(self, show: bool | None = None) -> list[Path]:
+        """Every figure that applies (objective, loss terms, control vs f*, state error, ...), written
+        next to the run file; shown inline when called in a notebook (``show=None``)."""
+        from .plots import plot_run
+
+        paths = plot_run(self.path)
+        if show or (show is None and in_notebook()):
+            from IPython.display import Image, display
+
+            for p in paths:
+                display(Image(str(p)))
+        return paths
+
+    def resume(self, steps: int | None = None, *, quiet: bool = False, parallel: bool = False, **overrides: Any) -> "Run":
+        """Continue from the last checkpoint to ``steps`` outer steps in total (same numbers as an
+        uninterrupted run); ``overrides`` as in :func:`solve`."""
+        sets = flatten_overrides(overrides)
+        if steps is not None:
+            sets["outer.steps"] = steps
+        run = launch(self._problem, quiet=quiet, parallel=parallel, sets=sets, resume=self.path)
+        assert run is not None
+        return run
+
+
+
+class Comparison:
+    """What ``compare`` returns: the table rows, J*, the figure's path; shown as table and figure
+    in a notebook."""
+
+    def __init__(self, rows: list[dict[str, Any]], j_star: float | None, table: str, figure: Path) -> None:
+        self.rows, self.j_star, self.table, self.figure = rows, j_star, table, figure
+
+    def __repr__(self) -> str:
+        return self.table
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        png = base64.b64encode(self.figure.read_bytes()).decode()
+        head = f"<p>J* = {self.j_star:.6e} (grid measure, exact reference)</p>" if self.j_star else ""
+        return f"{head}<pre>{html.escape(self.table)}</pre><img src='data:image/png;base64,{png}'/>"
+
+
+def compare(runs: list[Any], target: float = 1.05, out: str | Path | None = None) -> Comparison:
+    """Table and figure for several runs of one problem: certified J against wall-clock, controls
+    against f*, time to reach ``target``·J*. ``runs`` are Run objects or run directories; the
+    figure goes to ``out`` (default: compare.png beside the first run) with the table as JSON."""
+    from . import compare as cmp
+
+    loaded = [cmp.load_run(r.path if isinstance(r, Run) else r) for r in runs]
+    if not loaded:
+        raise PinnctlError("compare needs at least one run")
+    optimum = cmp.reference_optimum(loaded)
+    j_star = optimum.J if optimum is not None else None
+    rows = cmp.table_rows(loaded, j_star, target)
+    figure = Path(out) if out else loaded[0].path.parent / "compare.png"
+    cmp.plot(loaded, optimum, figure)
+    figure.with_suffix(".json").write_text(json.dumps({"J_star_grid": j_star, "rows": rows}, indent=1))
+    return Comparison(rows, j_star, cmp.format_table(rows, target), figure)
+
+
+def in_notebook() -> bool:
+    """Whether we run inside a Jupyter kernel (progress bars and figures then render inline)."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})

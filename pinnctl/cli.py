@@ -6,11 +6,8 @@ Errors are one line on stderr; usage errors exit with code 2, failed runs with 1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from . import PinnctlError, RunError
 from . import config as configmod
@@ -38,24 +35,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- reference
 
 
-def _problem_params(name: str, sets: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from .discovery import discover
-
-    entry = discover().get(name)
-    problem = entry.build(**sets)
-    return problem, dict(getattr(problem, "params", {}))
-
-
 def cmd_reference(args: argparse.Namespace) -> int:
-    from .problem import load_reference
+    from . import api
 
-    overrides = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
-    problem, params = _problem_params(args.problem, overrides)
-    if problem.reference is None:
-        raise PinnctlError(f"problem '{args.problem}' has no reference solver")
+    params = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
     start = time.perf_counter()
-    text = load_reference(problem.reference).report(**params)
-    print(text)
+    print(api.reference_report(args.problem, **params))
     print(f"(reference computed in {time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -77,19 +62,13 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare
+    from . import api
 
-    runs = [compare.load_run(p) for p in args.runs]
-    optimum = compare.reference_optimum(runs)
-    j_star = optimum.J if optimum is not None else None
-    rows = compare.table_rows(runs, j_star, args.target)
-    if j_star:
-        print(f"J* = {j_star:.6e} (grid measure, exact reference)")
-    print(compare.format_table(rows, args.target))
-    out = Path(args.out) if args.out else runs[0].path.parent / "compare.png"
-    compare.plot(runs, optimum, out)
-    (out.with_suffix(".json")).write_text(json.dumps({"J_star_grid": j_star, "rows": rows}, indent=1))
-    print(f"figure: {out}\ntable: {out.with_suffix('.json')}")
+    result = api.compare(args.runs, target=args.target, out=args.out)
+    if result.j_star:
+        print(f"J* = {result.j_star:.6e} (grid measure, exact reference)")
+    print(result.table)
+    print(f"figure: {result.figure}\ntable: {result.figure.with_suffix('.json')}")
     return 0
 
 
@@ -97,9 +76,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_run
+    from . import api
 
-    for path in plot_run(args.run):
+    for path in api.load_run(args.run).plot(show=False):
         print(path)
     return 0
 
