@@ -250,17 +250,15 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         t_inner += t1 - t0
         t_curv += time.perf_counter() - t1
     t0 = time.perf_counter()
-    h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
-    theta_step = hinfo.pop("theta_step", None)
-    if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
+    result = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
+    if result.theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
         with torch.no_grad():
-            state.theta.add_(theta_step.to(state.theta.dtype))
+            state.theta.add_(result.theta_step.to(state.theta.dtype))
         project_ball(state.theta, inner.radius)
     t_hyper = time.perf_counter() - t0
+    h, outer_loss = result.h, result.outer_loss
     hnorm = float(h.norm())
     check_finite(hnorm, f"hypergradient norm at outer step {k}")
-    outer_loss = hinfo.pop("outer_loss", None)
-    outer_loss = float(outer_loss) if outer_loss is not None else float(problem.outer_loss(state.theta.detach(), v_fixed))
     check_finite(outer_loss, f"outer loss at outer step {k}")
     if outer.clip > 0:
         h = h.clamp(-outer.clip, outer.clip)
@@ -281,6 +279,6 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         curvature_time=t_curv,
         hypergrad_time=t_hyper,
         wall_time=time.perf_counter() - start,
-        info=hinfo,
+        info=dict(result.diagnostics),
         metrics=metrics,
     )

@@ -6,23 +6,14 @@ Errors are one line on stderr; usage errors exit with code 2, failed runs with 1
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
 
 from . import PinnctlError, RunError
 from . import config as configmod
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-
-
-def _print(*args: Any, quiet: bool = False) -> None:
-    if not quiet:
-        print(*args, flush=True)
 
 
 # ----------------------------------------------------------------------------- list
@@ -46,25 +37,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- reference
 
 
-def _problem_params(name: str, sets: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from .discovery import find
-
-    entry = find(name)
-    problem = entry.build(**sets)
-    return problem, dict(getattr(problem, "params", {}))
-
-
 def cmd_reference(args: argparse.Namespace) -> int:
-    from .problem import reference_of
+    from . import api
 
-    overrides = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
-    problem, params = _problem_params(args.problem, overrides)
-    ref = reference_of(problem)
-    if ref is None:
-        raise PinnctlError(f"problem '{args.problem}' has no reference solver")
+    params = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
     start = time.perf_counter()
-    text = ref.report()
-    print(text)
+    print(api.reference_report(args.problem, **params))
     print(f"(reference computed in {time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -72,419 +50,30 @@ def cmd_reference(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- solve
 
 
-def _run_dir(cfg: configmod.Config, out: str | None) -> Path:
-    """--out as given (checked, created by ``runs.hold``), or a new timestamped folder."""
-    from . import runs
-
-    if out:
-        return runs.check_out(out)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return runs.default_dir(Path("runs") / f"{cfg.problem}-{cfg.method.name}-{stamp}")
-
-
-def _pretrain_bar(total: int, quiet: bool) -> tuple[Callable[[int, float], None] | None, Callable[[], None]]:
-    if quiet or total == 0:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="pretrain state", unit="step", file=sys.stderr, mininterval=1.0)
-
-    def progress(k: int, loss: float) -> None:
-        bar.update(1)
-        if k % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.3e}")
-
-    return progress, bar.close
-
-
-def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Path) -> dict[str, Any]:
-    """Train the state PINN for a fixed constant control and measure it against the reference."""
-    import numpy as np
-    import torch
-
-    from .bilevel import InnerState, train_state
-    from .problem import compile_problem, constant_control, objective_points
-    from .solve_setup import sampling_config
-
-    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
-    v = constant_control(problem_obj.control, cfg.forward.control)
-    state = InnerState.create(problem.theta0, cfg.pretrain)
-    progress, close = _pretrain_bar(cfg.pretrain.steps, quiet)
-    start = time.perf_counter()
-    loss = train_state(problem, state, v, cfg.pretrain.steps, progress)
-    close()
-    elapsed = time.perf_counter() - start
-    summary: dict[str, Any] = {"inner_loss": loss, "train_time_s": elapsed, "control": cfg.forward.control}
-    ref = problem.info.get("reference")
-    pts = objective_points(problem_obj)
-    exact = None if ref is None else ref.state(problem.info["encode_control"](v), pts)
-    if exact is not None:
-        with torch.no_grad():
-            x = torch.as_tensor(pts, dtype=state.theta.dtype, device=state.theta.device)
-            u = problem_obj.state.forward(state.theta.detach(), x)[:, 0].double().cpu().numpy()
-        summary["rel_l2_error"] = float(np.linalg.norm(u - exact) / np.linalg.norm(exact))
-        summary["max_abs_error"] = float(np.abs(u - exact).max())
-    _print(f"forward solve: control f ≡ {cfg.forward.control}, {cfg.pretrain.steps} Adam steps in {elapsed:.1f} s, "
-           f"final PINN loss {loss:.3e}", quiet=quiet)
-    if "rel_l2_error" in summary:
-        _print(f"state error vs reference on the objective grid: relative L2 {summary['rel_l2_error']:.3e}, "
-               f"max |u-u_exact| {summary['max_abs_error']:.3e}", quiet=quiet)
-    return summary
-
-
-def _fmt_record(rec: Any, j_star: float | None, measure: str = "grid") -> str:
-    parts = [f"outer {rec.step + 1:4d}", f"{'J_pinn' if rec.certified else 'f'} {rec.outer_loss:.4e}"]
-    if rec.certified:
-        jg = rec.certified.get(measure)
-        parts.append(f"J_cert {jg:.4e}" + (f" ({jg / j_star:.3f}·J*)" if j_star else ""))
-    parts.append("loss " + " ".join(f"{k}={v:.2e}" for k, v in rec.inner_terms.items()))
-    if rec.metrics:
-        parts.append(" ".join(f"{k} {v:.4f}" for k, v in rec.metrics.items()))
-    parts.append(f"|h| {rec.hypergrad_norm:.2e}")
-    parts.append(f"t {rec.wall_time:.1f}s (inner {rec.inner_time:.2f} curv {rec.curvature_time:.2f} hyper {rec.hypergrad_time:.2f})")
-    return "  ".join(parts)
-
-
-def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
-                  resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Algorithm 1 with the run file appended every outer step and atomic checkpoints
-    (which also carry the config and the history, so a lost run.h5 is rebuilt on resume)."""
-    import numpy as np
-    import torch
-
-    from . import checkpoint as ckpt
-    from . import runs
-    from .bilevel import run
-
-    problem = setup.problem
-    ref, measure = problem.info.get("reference"), problem.info.get("measure") or "grid"
-    optimum = ref.optimum(measure) if ref is not None and problem.certify is not None else None
-    if optimum is not None:
-        _print(f"reference optimum ({measure} measure): J* = {optimum.J:.6e}", quiet=quiet)
-    j_star = optimum.J if optimum is not None else None
-    run_file = out / runs.RUN_FILE
-    if resume is None:
-        runs.create(out, config=configmod.to_dict(cfg), j_star=j_star)
-        if optimum is not None and optimum.t is not None:
-            runs.write_reference(run_file, optimum.t, optimum.f)
-    else:
-        if not _readable(run_file):
-            _rebuild_run_file(out, cfg, resume, j_star, optimum)
-            _print(f"{run_file} was missing or unreadable: rebuilt from the checkpoint's config and history", quiet=quiet)
-        runs.truncate(run_file, int(resume["outer_step"]))
-        runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
-        _print(f"resuming {out} after outer step {resume['outer_step']}", quiet=quiet)
-    progress, close = _pretrain_bar(cfg.pretrain.steps if resume is None else 0, quiet)
-
-    def callback(rec: Any) -> None:
-        runs.append(run_file, rec)
-        _print(_fmt_record(rec, j_star, measure), quiet=quiet)
-
-    def save_state(theta: Any, v: Any) -> None:
-        samples = problem.control_samples(v) if problem.control_samples is not None else None
-        runs.write_state(run_file, theta=theta.cpu().numpy(), v=v.cpu().numpy(), control=samples,
-                         image_shape=problem.info.get("v_image_shape"))
-
-    def checkpoint(snap: dict[str, Any]) -> None:
-        rows = int(snap["outer_step"])
-        history = {k: torch.from_numpy(np.ascontiguousarray(a[:rows])) for k, a in runs.history_arrays(run_file).items()}
-        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), "history": history, **snap})
-        save_state(snap["theta"], snap["v"])
-
-    worker: dict[str, Any] = {}
-    with _estimator(cfg, setup.estimator, quiet, worker) as estimator:
-        result = run(
-            problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
-            callback=callback, pretrain_progress=_wrap_close(progress, close, cfg.pretrain.steps), resume=resume,
-            checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
-        )
-    close()
-    save_state(result.theta, result.v)
-    history = runs.history_records(runs.read(run_file))
-    last = history[-1] if history else None
-    summary: dict[str, Any] = {
-        "final_outer_loss": last["outer_loss"] if last else None,
-        "certified": last["certified"] if last else {},
-        "J_star_grid": j_star,
-        "outer_steps": len(history),
-        "wall_time_s": last["wall_time"] if last else result.pretrain_time,
-        "pretrain_time_s": result.pretrain_time,
-    }
-    if worker:
-        summary["curvature_worker"] = worker
-    if last and last["metrics"]:
-        tail = history[-50:]  # the paper's figure: the mean over the last 50 outer steps
-        summary["metrics_last50_mean"] = {k: float(np.mean([r["metrics"][k] for r in tail if k in r["metrics"]]))
-                                          for k in last["metrics"]}
-    for part in ("inner", "curvature", "hypergrad"):
-        summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
-    certified = [r for r in history if r["certified"]]
-    if certified:
-        best = min(certified, key=lambda r: r["certified"][measure])
-        summary["best_certified"] = {"step": int(best["step"]), **best["certified"]}
-    if last and last["certified"] and j_star is not None:
-        jg = last["certified"][measure]
-        ratio = f" = {jg / j_star:.4f}·J*" if j_star > 0 else f" (J* = {j_star:g})"
-        _print(f"done: certified J = {jg:.6e}{ratio} ({measure} measure), PINN J = {last['outer_loss']:.6e}, "
-               f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
-    elif last:
-        _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
-    return summary
-
-
-def _readable(run_file: Path) -> bool:
-    from . import runs
-
-    try:
-        runs.read(run_file)
-        return True
-    except PinnctlError:
-        return False
-
-
-def _rebuild_run_file(out: Path, cfg: configmod.Config, snap: dict[str, Any], j_star: float | None, optimum: Any) -> None:
-    from . import runs
-
-    run_file = out / runs.RUN_FILE
-    if run_file.exists():  # unreadable: kept beside the new one, never deleted
-        run_file.replace(run_file.with_suffix(".h5.unreadable"))
-    history = {k: v.numpy() for k, v in snap.get("history", {}).items()}
-    runs.rebuild(out, config=configmod.to_dict(cfg), history=history, j_star=j_star)
-    if optimum is not None and optimum.t is not None:
-        runs.write_reference(run_file, optimum.t, optimum.f)
-
-
-@contextlib.contextmanager
-def _estimator(cfg: configmod.Config, estimator: Any, quiet: bool, stats: dict[str, Any]) -> Iterator[Any]:
-    """The estimator itself (inline), or rank 0's proxy of the curvature worker (--parallel);
-    the worker's message statistics go into ``stats``."""
-    if not cfg.parallel.enabled:
-        yield estimator
-        return
-    from .parallel import parallel_estimator
-
-    with parallel_estimator(cfg, estimator, configmod.to_dict(cfg)) as remote:
-        _print(f"curvature worker: {remote.channel.name}, stream {cfg.parallel.stream}, "
-               f"at most {cfg.parallel.max_inflight} messages in flight", quiet=quiet)
-        yield remote
-        ch = remote.channel
-        stats.update(messages=ch.sent, peak_inflight=ch.peak_inflight, max_inflight=ch.max_inflight,
-                     backpressure_wait_s=ch.waited_s, stream=cfg.parallel.stream)
-        _print(f"curvature worker: {remote.channel.sent} messages, peak {remote.channel.peak_inflight} in flight, "
-               f"inner loop blocked {remote.channel.waited_s:.2f} s by back-pressure", quiet=quiet)
-
-
-def _wrap_close(progress: Callable[[int, float], None] | None, close: Callable[[], None], total: int):
-    if progress is None:
-        return None
-
-    def wrapped(k: int, loss: float) -> None:
-        progress(k, loss)
-        if k == total - 1:
-            close()
-
-    return wrapped
-
-
-# Non-bilevel solve modes (no outer loop, no run file); everything else is a hypergradient method.
-SOLVE_MODES: dict[str, Callable[[configmod.Config, Any, bool, Path], dict[str, Any]]] = {"forward": solve_forward}
-
-
-def _discover_problem(name: str, params: dict[str, Any]) -> Any:
-    from .discovery import find
-
-    return find(name).build(**params)
-
-
-def _resolve_solve_config(args: argparse.Namespace) -> tuple[configmod.Config, dict[str, Any] | None, Any,
-                                                          configmod.Config | None]:
-    """A fresh config (preset → problem defaults → TOML → --set), or, with --resume, the run's own
-    config (from its checkpoint) plus --set; with the problem object when it was built on the
-    way (else None) and, on resume, the run's config before the --set overrides."""
-    sets = configmod.parse_sets(args.set or [])
-    if args.resume is None:
-        if args.problem is None:
-            raise PinnctlError("solve needs a problem name (or --resume RUN_DIR)")
-        top = {"problem": args.problem, "seed": args.seed, "method.name": args.method}
-        cfg = configmod.resolve(args.preset, args.config, sets, **top)
-        params = dict(cfg.params)
-        problem_obj = _discover_problem(cfg.problem, params)
-        if hasattr(problem_obj, "config_defaults"):
-            defaults = problem_obj.config_defaults(args.preset, cfg.method.name)
-            cfg = configmod.resolve(args.preset, args.config, sets, problem_defaults=defaults, **top)
-        return cfg, None, (problem_obj if cfg.params == params else None), None
-    from . import checkpoint as ckpt
-
-    if args.config or args.seed is not None or args.method is not None or args.overwrite:
-        raise PinnctlError("--resume continues a run with its own config; only --set overrides are allowed (e.g. outer.steps)")
-    snap = ckpt.load(Path(args.resume))
-    old = _run_config(snap, Path(args.resume))
-    if args.problem is not None and args.problem != old.problem:
-        raise PinnctlError(f"--resume {args.resume} is a run of '{old.problem}', not '{args.problem}'")
-    cfg = configmod.from_dict(configmod.to_dict(old))
-    for key, value in sets.items():
-        configmod.set_key(cfg, key, value)
-    return cfg, snap, None, old
-
-
-def _run_config(snap: dict[str, Any], run_dir: Path) -> configmod.Config:
-    """The config a checkpoint was written with (older checkpoints: the run file's)."""
-    from . import runs
-
-    if isinstance(snap.get("config"), str):
-        return configmod.from_dict(json.loads(snap["config"]))
-    return configmod.from_dict(runs.read(run_dir)["attrs"]["config"])
-
-
-def _check_snapshot_fits(snap: dict[str, Any], problem: Any, run_dir: str) -> None:
-    for key, what, now in (("theta", "state net", problem.theta0), ("v", "control", problem.v0)):
-        if snap[key].numel() != now.numel():
-            raise PinnctlError(f"--resume {run_dir}: the checkpoint's {what} has {snap[key].numel()} parameters, the problem "
-                               f"now builds {now.numel()} (was its file changed?); start a new run")
-
-
-def _validate(cfg: configmod.Config, bilevel: bool) -> None:
-    """Everything that can be checked before a run folder is touched."""
-    from .hypergrad import make_method
-    from .solve_setup import check_devices
-
-    configmod.validate(cfg, bilevel=bilevel)
-    check_devices(cfg)
-    if bilevel:
-        make_method(cfg.method.name, cfg.method.options)  # unknown or bad options
-
-
-def _compile(cfg: configmod.Config, problem_obj: Any) -> Any:
-    """The compiled problem and estimator; compiling evaluates the problem's residuals, targets
-    and controls once, so a broken problem file is a one-line error before any run folder exists."""
-    from . import solve_setup
-
-    try:
-        return solve_setup.build(cfg, problem_obj)
-    except PinnctlError:
-        raise
-    except Exception as e:
-        raise PinnctlError(f"problem '{cfg.problem}' does not compile: {_one_line(e)}") from None
-
-
 def cmd_solve(args: argparse.Namespace) -> int:
-    from .hypergrad import known_methods
-
-    cfg, snap, problem_obj, old = _resolve_solve_config(args)
-    if args.parallel:
-        cfg.parallel.enabled = True
-    if cfg.parallel.enabled:
-        from . import parallel
-
-        parallel.check_config(cfg.parallel)  # before any run directory or process exists
-        if parallel.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
-            parallel.check_torchrun_world()
-            parallel.worker_main(configmod.to_dict(cfg))
-            return 0
-    known = sorted(set(known_methods()) | set(SOLVE_MODES))
-    if cfg.method.name not in known:
-        raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
-    bilevel = cfg.method.name not in SOLVE_MODES
-    if snap is not None and not bilevel:
-        raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
-    if old is not None:
-        configmod.check_resume(old, cfg, args.resume)
-    _validate(cfg, bilevel)
-    if problem_obj is None:
-        problem_obj = _discover_problem(cfg.problem, cfg.params)
-    setup = _compile(cfg, problem_obj) if bilevel else None
-    if snap is not None:
-        _check_snapshot_fits(snap, setup.problem, args.resume)
-    _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {args.preset})", quiet=args.quiet)
-    _print("config: " + configmod.to_json(cfg), quiet=args.quiet)
-    from . import runs
+    from . import api
     from .signals import sigterm_as_interrupt
 
-    out = Path(args.resume) if snap is not None else _run_dir(cfg, args.out)
-    with runs.hold(out, fresh=snap is None, overwrite=args.overwrite), sigterm_as_interrupt():
-        return _solve_in(out, cfg, setup, problem_obj, args.quiet, snap, bilevel)
-
-
-def _solve_in(out: Path, cfg: configmod.Config, setup: Any, problem_obj: Any, quiet: bool,
-              snap: dict[str, Any] | None, bilevel: bool) -> int:
-    """The run itself, in its locked folder; every way it can end leaves a status and a summary."""
-    from . import runs
-
-    if not bilevel:
-        (out / "config.json").write_text(configmod.to_json(cfg))
-    try:
-        if bilevel:
-            summary = solve_bilevel(cfg, setup, quiet, out, resume=snap)
-        else:
-            summary = SOLVE_MODES[cfg.method.name](cfg, problem_obj, quiet, out)
-    except (Exception, KeyboardInterrupt) as e:
-        error = _record_failure(out, cfg, bilevel, e)
-        if isinstance(e, (PinnctlError, KeyboardInterrupt)):
-            raise
-        raise error from e
-    summary["status"] = "done"
-    summary["config"] = configmod.to_dict(cfg)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    if bilevel:
-        runs.set_status(out / runs.RUN_FILE, "done", summary={k: v for k, v in summary.items() if k != "config"})
-    _print(f"results: {out / 'summary.json'}" + (f", {out / runs.RUN_FILE} (plots: pinnctl plot {out})" if bilevel else ""),
-           quiet=quiet)
+    if args.resume is not None and (args.config or args.seed is not None or args.method is not None or args.overwrite):
+        raise PinnctlError("--resume continues a run with its own config; only --set overrides are allowed (e.g. outer.steps)")
+    with sigterm_as_interrupt():  # `timeout`, SLURM and systemd stop a run like Ctrl-C (exit 143)
+        api.launch(args.problem, method=args.method, preset=args.preset, seed=args.seed, out=args.out,
+                   parallel=args.parallel, quiet=args.quiet, config=args.config, sets=configmod.parse_sets(args.set or []),
+                   resume=args.resume, overwrite=args.overwrite)
     return 0
-
-
-def _record_failure(out: Path, cfg: configmod.Config, bilevel: bool, e: BaseException) -> RunError:
-    """Status, summary.json and (for an unexpected exception) error.txt with the traceback;
-    returns the one-line RunError that reports an unexpected exception."""
-    import traceback
-
-    from . import checkpoint as ckpt
-    from . import runs
-    from .bilevel import DivergenceError
-    from .signals import Terminated
-
-    if isinstance(e, KeyboardInterrupt):
-        status, message = "interrupted", "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
-    else:
-        status = "diverged" if isinstance(e, DivergenceError) else "failed"
-        message = str(e) if isinstance(e, PinnctlError) else _one_line(e)
-    error = RunError(message)
-    if not isinstance(e, (PinnctlError, KeyboardInterrupt)):
-        (out / "error.txt").write_text("".join(traceback.format_exception(e)))
-        error = RunError(f"run failed: {message} (traceback in {out / 'error.txt'})")
-    (out / "summary.json").write_text(json.dumps({"status": status, "error": message, "config": configmod.to_dict(cfg)},
-                                                 indent=1))
-    if bilevel and (out / runs.RUN_FILE).exists():
-        runs.set_status(out / runs.RUN_FILE, status, error=message)
-        if (out / ckpt.CHECKPOINT).exists():
-            hint = f"last good checkpoint in {out / ckpt.CHECKPOINT} (continue with: pinnctl solve --resume {out})"
-        else:
-            hint = "it stopped before its first checkpoint (during pretraining): nothing to resume; start it again with --overwrite"
-        _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, {hint}", quiet=False)
-    return error
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------- compare
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare
+    from . import api
 
-    runs = [compare.load_run(p) for p in args.runs]
-    optimum = compare.reference_optimum(runs)
-    j_star = optimum.J if optimum is not None else None
-    rows = compare.table_rows(runs, j_star, args.target)
-    if j_star:
-        print(f"J* = {j_star:.6e} (grid measure, exact reference)")
-    print(compare.format_table(rows, args.target))
-    out = Path(args.out) if args.out else runs[0].path.parent / "compare.png"
-    compare.plot(runs, optimum, out)
-    (out.with_suffix(".json")).write_text(json.dumps({"J_star_grid": j_star, "rows": rows}, indent=1))
-    print(f"figure: {out}\ntable: {out.with_suffix('.json')}")
+    result = api.compare(args.runs, target=args.target, out=args.out)
+    if result.j_star:
+        print(f"J* = {result.j_star:.6e} (grid measure, exact reference)")
+    print(result.table)
+    print(f"figure: {result.figure}\ntable: {result.figure.with_suffix('.json')}")
     return 0
 
 
@@ -492,9 +81,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_run
+    from . import api
 
-    for path in plot_run(args.run):
+    for path in api.load_run(args.run).plot(show=False):
         print(path)
     return 0
 

@@ -101,12 +101,10 @@ def reference_optimum(runs: list[Run]) -> Any | None:
 
 
 def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a notebook's own backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
     for run in runs:
         t = [r["wall_time"] for r in run.history]
         line, = ax1.semilogy(t, [r["outer_loss"] for r in run.history], lw=0.8, alpha=0.6, label=f"{run.label} PINN J")
@@ -125,5 +123,4 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

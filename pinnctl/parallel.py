@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import PinnctlError, RunError
+from .core import HyperResult
 from .hypergrad.base import Estimator, StepInfo
 
 OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR, READY = range(1, 9)
@@ -188,9 +189,11 @@ class RemoteEstimator:
             raise WorkerError(f"{self.channel.name} failed: {reply['message']}")
         return reply
 
-    def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         reply = self._call(HYPERGRAD, {"theta": theta.detach(), "v": v.detach(), "step": step}, "computing the hypergradient")
-        return reply["h"].to(theta.device), reply["info"]
+        step_ = reply["theta_step"]
+        return HyperResult(reply["h"].to(theta.device), reply["outer_loss"], diagnostics=reply["diagnostics"],
+                           theta_step=None if step_ is None else step_.to(theta.device))
 
     def state_dict(self) -> dict[str, Any]:
         return self._call(GET_STATE, {}, "sending its curvature state")
@@ -219,9 +222,9 @@ def serve(problem: Any, estimator: Estimator, channel: Channel, stream: str) -> 
                     stats = estimator.collect(problem, info)
                 estimator.observe(stats)
             elif kind == HYPERGRAD:
-                h, info = estimator.hypergradient(problem, msg["theta"], msg["v"], msg["step"])
-                channel.send(REPLY, {"h": h.detach(), "info": {k: x.detach() if isinstance(x, Tensor) else float(x)
-                                                                 for k, x in info.items()}})
+                res = estimator.hypergradient(problem, msg["theta"], msg["v"], msg["step"])
+                channel.send(REPLY, {"h": res.h.detach(), "outer_loss": res.outer_loss, "diagnostics": res.diagnostics,
+                                     "theta_step": None if res.theta_step is None else res.theta_step.detach()})
             elif kind == GET_STATE:
                 channel.send(REPLY, estimator.state_dict())
             elif kind == LOAD_STATE:

@@ -24,9 +24,12 @@ SNAPSHOT_GRID = 41  # points per space axis
 
 
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:  # in a notebook keep its inline backend (figures are closed after saving)
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -63,7 +63,7 @@ def _hypergradient_vs_certified_slope(problem, method, options):
     est = make_method(method, options)
     for _ in range(10):
         est.observe(est.collect(prob, inner_step(prob, state, v)))
-    h, _ = est.hypergradient(prob, state.theta.detach(), v, state.step)
+    h = est.hypergradient(prob, state.theta.detach(), v, state.step).h
     d, eps = h / h.norm(), 1e-2
     slope = (prob.certify(v + eps * d)["grid"] - prob.certify(v - eps * d)["grid"]) / (2 * eps)
     return float(h.norm()), slope
