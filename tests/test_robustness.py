@@ -315,11 +315,12 @@ def test_unexpected_error_during_a_run_is_one_line_and_closes_the_run(tmp_path, 
 
 def test_discovery_isolates_broken_and_duplicate_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PINNCTL_PROBLEMS", raising=False)
     (tmp_path / "problems").mkdir()
+    (tmp_path / "extra").mkdir()
+    monkeypatch.setenv("PINNCTL_PROBLEMS", str(tmp_path / "extra"))
     _write("u_exit", "import sys\nsys.exit(3)\n")(tmp_path)
     _write("u_dup", user_problem("u_dup"))(tmp_path)
-    _write("u_dup2", user_problem("u_dup"))(tmp_path)
+    (tmp_path / "extra" / "u_dup.py").write_text(user_problem("u_dup", nbnd=2))
     _write("u_ok", user_problem("u_ok"))(tmp_path)
     assert main(["list"]) == 1
     out, err = capsys.readouterr()
