@@ -253,12 +253,23 @@ def validate(cfg: Config, *, bilevel: bool = True) -> None:
         value = get_key(cfg, key)
         _check(value >= 0, key, value, "≥ 0" + (" (0 disables)" if key in ("checkpoint_every", "certify_every",
                                                                            "inner.radius", "outer.clip") else ""))
-    for key in ("inner.optimizer", "outer.optimizer"):
+    for key, known in (("inner.optimizer", sorted(OPTIMIZERS)), ("outer.optimizer", _outer_optimizers())):
         value = get_key(cfg, key)
-        _check(value in OPTIMIZERS, key, value, f"one of {', '.join(sorted(OPTIMIZERS))}")
+        _check(value in known, key, value, f"one of {', '.join(known)}")
     from .sampling import SCHEMES
 
     _check(cfg.sampling.scheme in SCHEMES, "sampling.scheme", cfg.sampling.scheme, f"one of {', '.join(SCHEMES)}")
+
+
+def _outer_optimizers() -> list[str]:
+    """The outer optimisers' registry (``pinnctl.outer``, issue 18) or, before it, the shared table."""
+    try:
+        from .outer import known
+    except ImportError:
+        from .bilevel import OPTIMIZERS
+
+        return sorted(OPTIMIZERS)
+    return sorted(known())
 
 
 def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
