@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 def _rows():
     spec = importlib.util.spec_from_file_location("robustness_rows", HERE.parent / "tests" / "test_robustness.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module
 
@@ -85,10 +86,13 @@ def main() -> None:
     counts = {k: sum(r["kind"] == k for r in results) for k in ("clear", "traceback", "silent", "data-loss", "other")}
     out = HERE / "results" / "robustness_probes.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"probes": len(results), "counts": counts, "rows": results}, indent=1))
+    left = sum(r["left_folder"] for r in results)
+    out.write_text(json.dumps({"probes": len(results), "counts": counts, "left_a_run_folder": left, "rows": results},
+                              indent=1))
     for r in results:
         print(f"{r['kind']:<10} exit {r['exit']}  {r['row']:<36} {r['stderr'][:110]}")
-    print(f"{len(results)} probes: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"  ({out})")
+    print(f"{len(results)} probes: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f"; {left} left a run folder behind  ({out})")
 
 
 if __name__ == "__main__":
