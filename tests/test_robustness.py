@@ -332,12 +332,11 @@ def test_discovery_isolates_broken_and_duplicate_files(tmp_path, monkeypatch, ca
 # ----------------------------------------------------------------------------- real processes
 
 
-def _start(out: Path, *extra: str) -> subprocess.Popen:
+def _start(cwd: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pinnctl", "solve", "heat2d", "--preset", "smoke", "--quiet",
-                             "--set", "pretrain.steps=2", "--set", "certify_every=0", "--set", "checkpoint_every=1",
-                             "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    return subprocess.Popen([sys.executable, "-m", "pinnctl", "solve", "u_ok", "--preset", "smoke", "--quiet",
+                             "--set", "pretrain.steps=2", "--set", "checkpoint_every=1", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def _wait_for_rows(proc: subprocess.Popen, out: Path, rows: int, timeout: float = 300.0) -> None:
@@ -357,13 +356,15 @@ def _wait_for_rows(proc: subprocess.Popen, out: Path, rows: int, timeout: float 
 def test_two_processes_one_folder_and_sigterm(tmp_path):
     """A second real process cannot write into a folder a run holds (one line naming the pid),
     and SIGTERM then stops the holder like Ctrl-C: final checkpoint, status, summary, exit 143."""
+    (tmp_path / "problems").mkdir()
+    _write("u_ok", user_problem("u_ok"))(tmp_path)  # tiny and without a reference: the processes start fast
     out = tmp_path / "run"
-    first = _start(out, "--set", "outer.steps=100000")
+    first = _start(tmp_path, out, "--set", "outer.steps=100000")
     try:
         _wait_for_rows(first, out, 1)
-        second = subprocess.run([sys.executable, "-m", "pinnctl", "solve", "heat2d", "--preset", "smoke", "--quiet",
+        second = subprocess.run([sys.executable, "-m", "pinnctl", "solve", "u_ok", "--preset", "smoke", "--quiet",
                                  "--out", str(out), "--overwrite", "--seed", "1"], capture_output=True, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(lines) == 1, second.stderr
         assert f"is in use by another pinnctl run (pid {first.pid})" in lines[0]
