@@ -40,7 +40,7 @@ def evaluate(prob, theta, v, truth, configs, steps, lr, optimizer, step0=0, same
         for _ in range(steps):
             info = inner_step(prob, state, v)
             est.observe(est.collect(prob, info))
-        h, _ = est.hypergradient(prob, theta, v, step=state.step)
+        h = est.hypergradient(prob, theta, v, step=state.step).h
         rows.append({
             "estimator": label, **{k: opts[k] for k in opts if k != "curvature"},
             "cosine": cosine(h, truth), "norm_ratio": float(h.norm() / truth.norm()),
@@ -66,7 +66,7 @@ def logistic_part(quick: bool) -> dict:
     for _ in range(30):  # Newton to the exact inner optimum
         H = torch.func.hessian(lambda t: prob.inner_loss(t, v, full))(theta)
         theta = theta - torch.linalg.solve(H, inner_grad(prob, theta, v, full))
-    truth, _ = make_method("exact").hypergradient(prob, theta, v, step=0)
+    truth = make_method("exact").hypergradient(prob, theta, v, step=0).h
     lam = prob.info["lambda"]
     steps = 1000 if quick else 4000
     configs = [(f"efim beta={b} lambda0={l0}", {"curvature": "efim", "beta": b, "efim_lambda0": l0, "cross": "full"})

@@ -18,3 +18,20 @@ class RunError(PinnctlError):
 
 class PinnctlWarning(UserWarning):
     """Warnings raised by pinnctl itself (tests turn them into errors)."""
+
+
+# The Python API (pinnctl.api), imported on first use so that `import pinnctl` stays cheap.
+_API = ("solve", "load_run", "compare", "problems", "reference", "Run", "Comparison", "History")
+__all__ = ["PinnctlError", "PinnctlWarning", "RunError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pinnctl' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -266,21 +266,20 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         if not outer_opt.check(f_trial, v, state):
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
                            t_inner, t_curv, time.perf_counter() - t0, {"outer_rejected": 1.0, "inner_steps": float(len(losses))})
-    h, hinfo = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
-    theta_step = hinfo.pop("theta_step", None)
-    if theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
+    result = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
+    if result.theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
         with torch.no_grad():
-            state.theta.add_(theta_step.to(state.theta.dtype))
+            state.theta.add_(result.theta_step.to(state.theta.dtype))
         project_ball(state.theta, inner.radius)
     t_hyper = time.perf_counter() - t0
+    h, outer_loss = result.h, result.outer_loss
     hnorm = float(h.norm())
     check_finite(hnorm, f"hypergradient norm at outer step {k}")
-    outer_loss = hinfo.pop("outer_loss", None)
-    outer_loss = float(outer_loss) if outer_loss is not None else float(problem.outer_loss(state.theta.detach(), v_fixed))
     check_finite(outer_loss, f"outer loss at outer step {k}")
     t0 = time.perf_counter()
     ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps)
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
+    hinfo = dict(result.diagnostics)
     hinfo.update(outer_opt.step(v, ctx))
     t_outer = time.perf_counter() - t0
     hinfo["inner_steps"] = float(len(losses))

@@ -92,22 +92,19 @@ def reference_optimum(runs: list[Run]) -> Any | None:
     problems = {r.config.get("problem") for r in runs}
     if len(problems) != 1 or None in problems:
         raise PinnctlError(f"compare needs runs of one problem, got: {', '.join(sorted(map(str, problems)))}")
-    from .discovery import discover
-    from .problem import load_reference
+    from .discovery import find
+    from .problem import reference_of
 
-    problem = discover().get(problems.pop()).build(**runs[0].config.get("params", {}))
-    if problem.reference is None:
-        return None
-    return load_reference(problem.reference).optimum(**problem.params, measure="grid")
+    problem = find(problems.pop()).build(**runs[0].config.get("params", {}))
+    ref = reference_of(problem)
+    return None if ref is None else ref.optimum(ref.certified)
 
 
 def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a notebook's own backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
     for run in runs:
         t = [r["wall_time"] for r in run.history]
         line, = ax1.semilogy(t, [r["outer_loss"] for r in run.history], lw=0.8, alpha=0.6, label=f"{run.label} PINN J")
@@ -126,5 +123,4 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -1,4 +1,4 @@
-"""What hypergradient methods see: the generic bilevel problem and its minibatches.
+"""What hypergradient methods see and return: the generic bilevel problem, its minibatches, the result.
 
 Nothing here knows about PDEs; ``pinnctl.problem`` compiles a PDE problem into a
 :class:`BilevelProblem`, and ``pinnctl.classification``/``pinnctl.toys`` build one directly.
@@ -49,3 +49,26 @@ class BilevelProblem:
 
     def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
         return sum(self.inner_terms(theta, v, batch).values())
+
+
+@dataclass
+class HyperResult:
+    """What a hypergradient method returns for one outer step.
+
+    ``theta_step`` is a move of θ the loop applies before the outer step (NBO/NSBO's shared
+    Newton step), None for methods that leave θ alone; ``outer_loss`` is f at the θ the
+    hypergradient belongs to; ``diagnostics`` are numbers only (solver residuals, norms,
+    flags as 0/1), so they can be stored per step in the run file and sent between processes.
+    """
+
+    h: Tensor
+    outer_loss: float
+    theta_step: Tensor | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.outer_loss = float(self.outer_loss)
+        for key, value in self.diagnostics.items():
+            if not isinstance(value, (int, float)):  # bools are ints: flags become 0.0/1.0
+                raise TypeError(f"diagnostic '{key}' must be a number, got {type(value).__name__}")
+            self.diagnostics[key] = float(value)

@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import PinnctlError, RunError
+from .core import HyperResult
 from .hypergrad.base import Estimator, StepInfo
 
 OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR, READY = range(1, 9)
@@ -187,9 +189,11 @@ class RemoteEstimator:
             raise WorkerError(f"{self.channel.name} failed: {reply['message']}")
         return reply
 
-    def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         reply = self._call(HYPERGRAD, {"theta": theta.detach(), "v": v.detach(), "step": step}, "computing the hypergradient")
-        return reply["h"].to(theta.device), reply["info"]
+        step_ = reply["theta_step"]
+        return HyperResult(reply["h"].to(theta.device), reply["outer_loss"], diagnostics=reply["diagnostics"],
+                           theta_step=None if step_ is None else step_.to(theta.device))
 
     def state_dict(self) -> dict[str, Any]:
         return self._call(GET_STATE, {}, "sending its curvature state")
@@ -218,9 +222,9 @@ def serve(problem: Any, estimator: Estimator, channel: Channel, stream: str) -> 
                     stats = estimator.collect(problem, info)
                 estimator.observe(stats)
             elif kind == HYPERGRAD:
-                h, info = estimator.hypergradient(problem, msg["theta"], msg["v"], msg["step"])
-                channel.send(REPLY, {"h": h.detach(), "info": {k: x.detach() if isinstance(x, Tensor) else float(x)
-                                                                 for k, x in info.items()}})
+                res = estimator.hypergradient(problem, msg["theta"], msg["v"], msg["step"])
+                channel.send(REPLY, {"h": res.h.detach(), "outer_loss": res.outer_loss, "diagnostics": res.diagnostics,
+                                     "theta_step": None if res.theta_step is None else res.theta_step.detach()})
             elif kind == GET_STATE:
                 channel.send(REPLY, estimator.state_dict())
             elif kind == LOAD_STATE:
@@ -237,19 +241,37 @@ def serve(problem: Any, estimator: Estimator, channel: Channel, stream: str) -> 
 # ----------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _listen_local() -> socket.socket:
+    """The rendezvous socket, bound to 127.0.0.1 (torch's own TCPStore listens on every interface)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
 
 
-def _init_group(rank: int, backend: str, addr: str | None, port: int | None) -> None:
-    """Our own TCP rendezvous when we spawned the worker; torchrun's store (env://) under torchrun."""
+def _loopback_interface() -> str:
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+
+
+def _init_group(rank: int, backend: str, addr: str | None, port: int | None, sock: socket.socket | None = None) -> None:
+    """Our own rendezvous on 127.0.0.1 when we spawned the worker (the store on ``sock``, gloo's
+    pairs on the loopback interface); torchrun's store (env://) under torchrun, where a
+    multi-node launch is the user's choice."""
     timeout = datetime.timedelta(seconds=STARTUP_TIMEOUT_S)  # rendezvous; waits set their own
     if addr is None:
         dist.init_process_group(backend, timeout=timeout)
-    else:
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2, timeout=timeout)
+        return
+    store = dist.TCPStore(addr, port, 2, rank == 0, timeout=timeout, wait_for_workers=False,
+                          **({"master_listen_fd": sock.detach()} if sock is not None else {}))  # the store owns it now
+    saved = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
+    try:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
+    finally:
+        if saved is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = saved
 
 
 def _parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -262,6 +284,8 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
     from . import config as configmod
     from .solve_setup import build
 
+    # Ctrl-C reaches the whole process group; rank 0 owns the run and stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = configmod.from_dict(config)
     torch.set_num_threads(threads_per_process(cfg))
     _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
@@ -298,12 +322,13 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     proc = None
     if torchrun_rank() is not None:
         check_torchrun_world()
-        addr, port = None, None
+        addr, port, sock = None, None, None
         alive: Callable[[], bool] = lambda: True
     else:
         # A fresh interpreter, not multiprocessing: spawn would re-run the caller's main module
         # (a notebook or script calling pinnctl.cli.main without a __main__ guard).
-        addr, port = "127.0.0.1", _free_port()
+        sock = _listen_local()
+        addr, port = "127.0.0.1", sock.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-c", "from pinnctl.parallel import worker_entry; worker_entry()",
                                  json.dumps(config_dict), addr, str(port), str(os.getpid())])
         alive = lambda: proc.poll() is None
@@ -313,7 +338,7 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     ok = False
     try:
         try:
-            _init_group(0, backend, addr, port)
+            _init_group(0, backend, addr, port, sock)
         except RuntimeError as e:
             raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
         channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), max_inflight=cfg.parallel.max_inflight,
@@ -329,6 +354,8 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
         ok = True
     finally:
         torch.set_num_threads(threads)
+        if sock is not None:
+            sock.close()
         if proc is not None:
             if ok:
                 try:

@@ -79,7 +79,7 @@ def cleaning_case():
     prob = logistic_cleaning(n_train=200, n_val=100, batch_size=64, lam=1e-2)
     v = torch.linspace(0.1, 0.9, 200, dtype=torch.float64)
     theta = converged_theta(prob, v)
-    exact, _ = make_method("exact").hypergradient(prob, theta, v, 0)
+    exact = make_method("exact").hypergradient(prob, theta, v, 0).h
     return prob, theta, v, exact
 
 
@@ -99,7 +99,7 @@ def test_deterministic_methods_match_exact(cleaning_case, name, options):
     prob, theta, v, exact = cleaning_case
     est = make_method(name, options)
     est.observe(est.collect(prob, _step_info(prob, theta, v)))
-    h, _ = est.hypergradient(prob, theta, v, 1)
+    h = est.hypergradient(prob, theta, v, 1).h
     assert _cos(h, exact) >= 0.99 and float((h - exact).norm() / exact.norm()) < 0.1
 
 
@@ -118,7 +118,7 @@ def test_stochastic_methods_match_exact(cleaning_case, name, options, calls):
     outer loop at a slowly moving v would; TTSA's random truncation is averaged over calls."""
     prob, theta, v, exact = cleaning_case
     est = make_method(name, options)
-    hs = [est.hypergradient(prob, theta, v, k)[0] for k in range(calls)]
+    hs = [est.hypergradient(prob, theta, v, k).h for k in range(calls)]
     h = torch.stack(hs).mean(0) if name == "ttsa" else hs[-1]
     assert _cos(h, exact) >= 0.9, f"{name}: cos {_cos(h, exact):.3f}"
 

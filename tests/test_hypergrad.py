@@ -20,7 +20,8 @@ def test_exact_matches_closed_form_on_quadratic():
     v = prob.v0
     theta = truth["theta_star"](v)
     for solver in ("dense", "cg"):
-        h, info = make_method("exact", {"solver": solver}).hypergradient(prob, theta, v, step=0)
+        res = make_method("exact", {"solver": solver}).hypergradient(prob, theta, v, step=0)
+        h, info = res.h, res.diagnostics
         torch.testing.assert_close(h, truth["grad_phi"](v), rtol=1e-9, atol=1e-12)
 
 
@@ -46,7 +47,7 @@ def test_exact_matches_finite_differences_on_logistic():
     prob = logistic_cleaning(n_train=40, n_val=30, dim=3, classes=3)
     v = torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
     theta = _solve_inner(prob, v)
-    h, _ = make_method("exact").hypergradient(prob, theta, v, step=0)
+    h = make_method("exact").hypergradient(prob, theta, v, step=0).h
     eps = 1e-5
     for i in (0, 7, 21):
         e = torch.zeros_like(v)
@@ -60,8 +61,8 @@ def test_exact_gn_equals_exact_hessian_on_logistic():
     prob = logistic_cleaning(n_train=40, n_val=30, dim=3, classes=3)
     v = torch.full((40,), 0.7, dtype=torch.float64)
     theta = _solve_inner(prob, v)
-    h1, _ = make_method("exact", {"matrix": "hessian"}).hypergradient(prob, theta, v, step=0)
-    h2, _ = make_method("exact", {"matrix": "gn"}).hypergradient(prob, theta, v, step=0)
+    h1 = make_method("exact", {"matrix": "hessian"}).hypergradient(prob, theta, v, step=0).h
+    h2 = make_method("exact", {"matrix": "gn"}).hypergradient(prob, theta, v, step=0).h
     torch.testing.assert_close(h1, h2, rtol=1e-9, atol=1e-12)
 
 
@@ -73,8 +74,8 @@ def _nhgd_after_inner_loop(prob, opts, steps=300, lr=0.5, v=None, theta0=None):
         info = inner_step(prob, state, v)
         est.observe(est.collect(prob, info))
     theta = state.theta.detach()
-    h, _ = est.hypergradient(prob, theta, v, step=state.step)
-    exact, _ = make_method("exact").hypergradient(prob, theta, v, step=0)
+    h = est.hypergradient(prob, theta, v, step=state.step).h
+    exact = make_method("exact").hypergradient(prob, theta, v, step=0).h
     return h, exact
 
 

@@ -58,8 +58,9 @@ def test_joint_solve_matches_separate_newton_step_and_ihvp(logistic, options):
     theta = _away(theta_star, 0.3)
     _, newton, u_dense = _dense(prob, theta, v)
     est = make_method("nbo", {**options, "search": False})
-    h, info = est.hypergradient(prob, theta, v, 0)
-    torch.testing.assert_close(-info["theta_step"], newton, rtol=1e-6, atol=1e-9)
+    res = est.hypergradient(prob, theta, v, 0)
+    h, info = res.h, res.diagnostics
+    torch.testing.assert_close(-res.theta_step, newton, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(est.u, u_dense, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(h, _hypergradient_at(prob, theta - newton, v, u_dense), rtol=1e-6, atol=1e-10)
     assert info["newton_residual"] < 1e-6 and info["ihvp_residual"] < 1e-6
@@ -70,10 +71,11 @@ def test_one_newton_step_solves_a_quadratic_inner_problem():
     the joint u (solved at θ = 0) does not."""
     prob, truth = quadratic(p=8, q=3)
     v, theta = prob.v0, torch.zeros(8, dtype=torch.float64)
-    joint, info = make_method("nbo", {"solver": "cg", "steps": 20}).hypergradient(prob, theta, v, 0)
-    torch.testing.assert_close(theta + info["theta_step"], truth["theta_star"](v), rtol=1e-10, atol=1e-12)
+    res = make_method("nbo", {"solver": "cg", "steps": 20}).hypergradient(prob, theta, v, 0)
+    joint, info = res.h, res.diagnostics
+    torch.testing.assert_close(theta + res.theta_step, truth["theta_star"](v), rtol=1e-10, atol=1e-12)
     assert info["newton_scale"] == 1.0
-    resolved, _ = make_method("nbo", {"solver": "cg", "steps": 20, "resolve": 20}).hypergradient(prob, theta, v, 0)
+    resolved = make_method("nbo", {"solver": "cg", "steps": 20, "resolve": 20}).hypergradient(prob, theta, v, 0).h
     torch.testing.assert_close(resolved, truth["grad_phi"](v), rtol=1e-9, atol=1e-12)
     assert float((joint - truth["grad_phi"](v)).norm()) > 1e-2 * float(truth["grad_phi"](v).norm())
 
@@ -82,14 +84,14 @@ def test_error_orders_in_distance_to_the_inner_optimum(logistic):
     """Halving ‖θ − θ*‖ halves the error of CG and of the joint NBO hypergradient (u is solved at θ:
     first order) and quarters it with u re-solved after the Newton step (second order)."""
     prob, v, theta_star = logistic
-    exact, _ = make_method("exact").hypergradient(prob, theta_star, v, 0)
+    exact = make_method("exact").hypergradient(prob, theta_star, v, 0).h
     methods = {"cg": ("cg", {"maxiter": 200, "tol": 1e-14}),
                "joint": ("nbo", {"solver": "cg", "steps": 200, "search": False}),
                "resolve": ("nbo", {"solver": "cg", "steps": 200, "resolve": 200, "search": False})}
     err = {k: [] for k in methods}
     for eps in (0.1, 0.05, 0.025):
         for key, (name, opts) in methods.items():
-            h, _ = make_method(name, opts).hypergradient(prob, _away(theta_star, eps), v, 0)
+            h = make_method(name, opts).hypergradient(prob, _away(theta_star, eps), v, 0).h
             err[key].append(float((h - exact).norm() / exact.norm()))
     for key, order in (("cg", 1), ("joint", 1), ("resolve", 2)):
         ratios = [a / b for a, b in zip(err[key], err[key][1:])]
@@ -105,12 +107,12 @@ def test_warm_started_u_converges_over_outer_steps():
     theta = torch.randn(prob.theta0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     _, _, u_dense = _dense(prob, theta, v)
     est = make_method("nbo", {"solver": "gd", "steps": 5, "newton": False})
-    residuals = [est.hypergradient(prob, theta, v, k)[1]["ihvp_residual"] for k in range(30)]
+    residuals = [est.hypergradient(prob, theta, v, k).diagnostics["ihvp_residual"] for k in range(30)]
     assert all(b < a for a, b in zip(residuals, residuals[1:]))
     assert residuals[-1] < 1e-5 * residuals[0]  # measured 4e-8 from 4e-2
     torch.testing.assert_close(est.u, u_dense, rtol=1e-5, atol=1e-8)
     cold = make_method("nbo", {"solver": "gd", "steps": 5, "newton": False, "warm_start": False})
-    cold_residuals = [cold.hypergradient(prob, theta, v, k)[1]["ihvp_residual"] for k in range(5)]
+    cold_residuals = [cold.hypergradient(prob, theta, v, k).diagnostics["ihvp_residual"] for k in range(5)]
     assert min(cold_residuals) > 0.5 * residuals[0]  # from 0 every call: no progress across calls
 
 
@@ -121,8 +123,9 @@ def test_newton_step_is_searched_and_skipped_when_it_does_not_help():
     v = prob.v0
     theta = torch.linalg.eigh(truth["A"]).eigenvectors[:, 0] * 3.0  # along the negative direction
     loss = float(prob.inner_loss(theta, v, {}))
-    _, info = make_method("nbo", {"solver": "cg", "steps": 20}).hypergradient(prob, theta, v, 0)
-    moved = theta + info.get("theta_step", 0.0)
+    res = make_method("nbo", {"solver": "cg", "steps": 20}).hypergradient(prob, theta, v, 0)
+    _, info = res.h, res.diagnostics
+    moved = theta + (res.theta_step if res.theta_step is not None else 0.0)
     assert float(prob.inner_loss(moved, v, {})) < loss or info["newton_scale"] == 0.0
 
 
@@ -134,9 +137,10 @@ def test_gauss_newton_joint_solve_on_a_pinn(tiny_problem):
     step = dense_gn_step(prob, theta, v, batch, lam)
     est = make_method("nbo", {"solver": "cg", "steps": 400, "matrix": "gn", "damping": lam, "search": False})
     est.observe(dict(batch))
-    _, info = est.hypergradient(prob, theta, v, 1)
+    res = est.hypergradient(prob, theta, v, 1)
+    _, info = res.h, res.diagnostics
     assert info["newton_residual"] < 1e-6
-    torch.testing.assert_close(-info["theta_step"], step, rtol=1e-4, atol=1e-6 * float(step.abs().max()))
+    torch.testing.assert_close(-res.theta_step, step, rtol=1e-4, atol=1e-6 * float(step.abs().max()))
 
 
 def test_bad_options_are_one_line_errors(logistic):
@@ -188,11 +192,13 @@ def test_a_warm_start_worse_than_zero_is_dropped():
     prob, truth = quadratic(p=8, q=3)
     v, theta = prob.v0, torch.zeros(8, dtype=torch.float64)
     opts = {"solver": "cg", "steps": 3, "newton": False}
-    cold, _ = make_method("nbo", {**opts, "warm_start": False}).hypergradient(prob, theta, v, 0)
+    cold = make_method("nbo", {**opts, "warm_start": False}).hypergradient(prob, theta, v, 0).h
     est = make_method("nbo", opts)
     est.u = torch.full((8,), 1e6, dtype=torch.float64)
-    h, info = est.hypergradient(prob, theta, v, 0)
+    res = est.hypergradient(prob, theta, v, 0)
+    h, info = res.h, res.diagnostics
     assert info["warm_restart"] == 1.0
     torch.testing.assert_close(h, cold)
-    h2, info2 = est.hypergradient(prob, theta, v, 1)  # now a good warm start: kept
+    res2 = est.hypergradient(prob, theta, v, 1)
+    h2, info2 = res2.h, res2.diagnostics  # now a good warm start: kept
     assert info2["warm_restart"] == 0.0 and info2["ihvp_residual"] < info["ihvp_residual"]

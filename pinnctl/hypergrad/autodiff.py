@@ -2,12 +2,15 @@
 
 All are matrix-free: cross derivatives are reverse-over-reverse products and the
 Gauss–Newton product is a JVP followed by a VJP, so no matrix larger than needed is
-formed (DESIGN.md §1).
+formed (DESIGN.md §1). ``curvature_operator`` is the one place that builds the Hessian
+graph or the Gauss–Newton product; ``hvp`` and ``gn_matvec`` are its one-off forms.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -50,11 +53,73 @@ def cross_jvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w
     return torch.zeros_like(theta) if lw is None else lw.detach()
 
 
+MATRICES = ("hessian", "gn")
+
+
+@dataclass
+class CurvatureOperator:
+    """x ↦ C x (float64 in and out) for C = H = ∇²_θθ ℓ or the Gauss–Newton G = JᵀJ on one
+    batch, every product against the graph built once; with ∇_θ ℓ and ℓ of that batch.
+    ``counter["hvp"]`` counts products, ``counter["backward"]`` backward passes."""
+
+    matvec: Callable[[Tensor], Tensor]
+    grad: Tensor  # ∇_θ ℓ, float64
+    loss: float
+    counter: dict[str, int]
+
+
+def curvature_operator(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, matrix: str = "hessian",
+                       tensor_sizes: list[int] | None = None) -> CurvatureOperator:
+    """The curvature of ℓ on ``batch`` at (θ, v) as a matvec.
+
+    ``tensor_sizes`` (Hessian only) reproduces codes that differentiate per parameter tensor
+    (BPN): one backward pass per tensor, each keeping only its own block. Same numbers, more passes.
+    """
+    counter = {"hvp": 0, "backward": 0}
+    v = v.detach()
+    if matrix == "gn":
+        def fn(t: Tensor) -> Tensor:
+            return scaled_residuals(problem, t, v, batch)
+
+        th = theta.detach()
+        loss = float(problem.inner_loss(th, v, batch).detach())  # the residual rows need not be ℓ's
+        r, vjp = torch.func.vjp(fn, th)
+        grad = vjp(r)[0]  # Jᵀ r̃ = ∇_θ ℓ for ℓ = Σ w·mean(r²)
+
+        def product(x: Tensor) -> Tensor:
+            counter["backward"] += 1
+            return vjp(torch.func.jvp(fn, (th,), (x.to(th.dtype),))[1])[0]
+    elif matrix == "hessian":
+        th = theta.detach().requires_grad_(True)
+        value = problem.inner_loss(th, v, batch)
+        loss = float(value.detach())
+        grad = torch.autograd.grad(value, th, create_graph=True)[0]
+
+        def product(x: Tensor) -> Tensor:
+            x = x.to(grad.dtype)
+            if tensor_sizes is None:
+                counter["backward"] += 1
+                return torch.autograd.grad(grad, th, grad_outputs=x, retain_graph=True)[0]
+            energy = (grad * x).sum()
+            blocks, start = [], 0
+            for size in tensor_sizes:
+                counter["backward"] += 1
+                blocks.append(torch.autograd.grad(energy, th, retain_graph=True)[0][start:start + size])
+                start += size
+            return torch.cat(blocks)
+    else:
+        raise PinnctlError(f"unknown matrix '{matrix}'; known: {', '.join(MATRICES)}")
+
+    def matvec(x: Tensor) -> Tensor:
+        counter["hvp"] += 1
+        return product(x).detach().double()
+
+    return CurvatureOperator(matvec, grad.detach().double(), loss, counter)
+
+
 def hvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w: Tensor) -> Tensor:
-    """H·w with H = ∇²_θθ ℓ (double backward)."""
-    theta = theta.detach().requires_grad_(True)
-    g = torch.autograd.grad(problem.inner_loss(theta, v.detach(), batch), theta, create_graph=True)[0]
-    return torch.autograd.grad(g, theta, grad_outputs=w.to(g.dtype))[0].detach()
+    """H·w with H = ∇²_θθ ℓ (double backward), in θ's dtype."""
+    return curvature_operator(problem, theta, v, batch).matvec(w).to(theta.dtype)
 
 
 def _require_lsq(problem: BilevelProblem) -> None:
@@ -70,15 +135,9 @@ def scaled_residuals(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: B
 
 
 def gn_matvec(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w: Tensor) -> Tensor:
-    """G·w = Jᵀ(J w): one forward-mode JVP and one VJP."""
-    v = v.detach()
-
-    def fn(t: Tensor) -> Tensor:
-        return scaled_residuals(problem, t, v, batch)
-
-    _, jw = torch.func.jvp(fn, (theta.detach(),), (w.to(theta.dtype),))
-    _, vjp = torch.func.vjp(fn, theta.detach())
-    return vjp(jw)[0].detach()
+    """G·w = Jᵀ(J w): one forward-mode JVP and one VJP, in θ's dtype."""
+    _require_lsq(problem)
+    return curvature_operator(problem, theta, v, batch, "gn").matvec(w).to(theta.dtype)
 
 
 def jacobian_rows(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:

@@ -1,26 +1,32 @@
-"""The estimator protocol and the method registry.
+"""The estimator protocol, the method registry and the minibatch streams.
 
 An estimator is fed by the inner loop at every step and asked for the hypergradient
 at the end of it. The work is split in two so that it can run on another device:
 ``collect`` runs where the inner loop runs and returns small tensors (the message);
 ``observe`` folds a message into the curvature state, which may live elsewhere.
+
+Methods register themselves with ``@register(name)``; every module of this package is
+imported once (pkgutil) the first time the registry is asked, so a new method is one new
+file. Extra minibatches a method draws come from ``batch_id(stream, step, k)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import Batch, BilevelProblem
+from ..core import Batch, BilevelProblem, HyperResult
 
 _REGISTRY: dict[str, type] = {}
-# Modules that register methods on import; imported lazily by make_method/known_methods.
-_METHOD_MODULES = ("nhgd", "exact", "neumann", "cg", "broyden", "stochastic", "nbo")
+_STREAMS: dict[int, str] = {}
+_LOADED = False
 
 
 @dataclass
@@ -41,7 +47,7 @@ class Estimator(Protocol):
 
     def observe(self, stats: dict[str, Tensor]) -> None: ...
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]: ...
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -62,8 +68,30 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def _load_all() -> None:
-    for mod in _METHOD_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    """Import every module of the package once: their ``@register`` calls fill the registry."""
+    global _LOADED
+    if _LOADED:
+        return
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{info.name}")
+    _LOADED = True
+
+
+def batch_id(stream: str, step: int, k: int = 0) -> int:
+    """The ``problem.sample`` id of the k-th extra minibatch drawn at inner step ``step`` for a
+    named purpose (``"nhgd.cross"``, ``"stochastic"``, ...).
+
+    Inner-loop batches are ``sample(step)`` for step = 0, 1, ...; each stream lives in its own
+    block of 2⁴⁰ ids (the block from the name's CRC), so streams never share a batch with the
+    inner loop or with each other, whatever the run length.
+    """
+    if not 0 <= k < 1 << 12 or not 0 <= step < 1 << 28:
+        raise ValueError(f"batch_id needs 0 ≤ k < 4096 and 0 ≤ step < 2²⁸, got k={k}, step={step}")
+    block = 1 + zlib.crc32(stream.encode()) % ((1 << 16) - 1)
+    if _STREAMS.setdefault(block, stream) != stream:
+        raise ValueError(f"batch streams '{stream}' and '{_STREAMS[block]}' collide; rename one")
+    return (block << 40) + (step << 12) + k
 
 
 def known_methods() -> list[str]:

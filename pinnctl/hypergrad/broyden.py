@@ -14,20 +14,20 @@ Two variants of the same mathematics:
   update is kept.
 - ``fast``: F is affine, so F(x + s d) = F(x) + s·H d: one batched HVP per iteration
   serves every line-search trial.
-Residual norms of each solve are reported (``residual``, ``residual_trace``).
+The lowest residual norm of each solve is reported (``residual``; ``broyden_solve`` returns the trace).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
+from ..core import BilevelProblem, HyperResult
 from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient, parameter_tensor_sizes
 
@@ -155,14 +155,15 @@ class Broyden(LastBatch):
             if self.threshold < 1 or self.eps <= 0:
                 raise PinnctlError("broyden needs threshold ≥ 1 and eps > 0")
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         o = self.opts
         bpn = o.variant == "bpn"
 
-        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, float]]:
             r = broyden_solve(matvec, b, threshold=o.threshold, eps=o.eps, line_search=o.line_search,
                               affine=not bpn, reset_after_first=bpn)
-            return r.x, {"residual": r.residual, "broyden_steps": r.steps, "residual_trace": r.trace}
+            # the per-iteration trace stays in BroydenResult: diagnostics are one number each
+            return r.x, {"residual": r.residual, "broyden_steps": r.steps, "broyden_evaluations": r.evaluations}
 
         sizes = parameter_tensor_sizes(problem) if bpn else None
         return implicit_hypergradient(problem, theta, v, self.batch_for(problem, step), solve, tensor_sizes=sizes)

@@ -11,12 +11,10 @@ Documented edge cases (no silent NaN):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
+from ..core import BilevelProblem, HyperResult
 from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient
 from .linalg import cg
@@ -34,10 +32,10 @@ class CG(LastBatch):
             if self.maxiter < 0 or self.tol <= 0 or self.damping < 0:
                 raise PinnctlError("cg needs maxiter ≥ 0, tol > 0 and damping ≥ 0")
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         o = self.opts
 
-        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, float]]:
             res = cg(lambda x: matvec(x) + o.damping * x, b, maxiter=o.maxiter, tol=o.tol)
             return res.x, {"cg_iterations": res.iterations, "residual": res.residual_norm,
                            "cg_breakdown": float(res.breakdown is not None)}

@@ -12,18 +12,17 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
-from .autodiff import cross_vjp, gn_matvec, hvp, jacobian_rows, outer_grads
+from ..core import BilevelProblem, HyperResult
+from .autodiff import MATRICES, cross_vjp, curvature_operator, jacobian_rows, outer_grads
 from .base import StepInfo, register
 from .linalg import cg
 
-MATRICES = ("hessian", "gn")
 SOLVERS = ("auto", "cg", "dense")
 
 
 def exact_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, *, matrix: str = "hessian",
                solver: str = "auto", damping: float = 0.0, tol: float = 1e-10, maxiter: int = 2000,
-               dense_max: int = 4000) -> tuple[Tensor, dict[str, Any]]:
+               dense_max: int = 4000) -> tuple[Tensor, dict[str, float]]:
     """(M + λI)⁻¹ b with M the full-batch Hessian or Gauss–Newton matrix of the inner loss."""
     batch = problem.full_batch()
     p = theta.numel()
@@ -34,15 +33,15 @@ def exact_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, *, 
             J = jacobian_rows(problem, theta, v, batch).double()
             M = J.T @ J
         M = M + damping * torch.eye(p, dtype=torch.float64)
-        return torch.linalg.solve(M, b.double()), {"solver": "dense"}
-    product = hvp if matrix == "hessian" else gn_matvec
+        return torch.linalg.solve(M, b.double()), {"dense": 1.0}
+    op = curvature_operator(problem, theta, v, batch, matrix)
 
     def matvec(x: Tensor) -> Tensor:
-        return product(problem, theta, v, batch, x.to(theta.dtype)).double() + damping * x
+        return op.matvec(x) + damping * x
 
     res = cg(matvec, b.double(), maxiter=maxiter, tol=tol)
-    return res.x, {"solver": "cg", "cg_iterations": res.iterations, "cg_residual": res.residual_norm,
-                   "cg_breakdown": res.breakdown}
+    return res.x, {"dense": 0.0, "cg_iterations": res.iterations, "cg_residual": res.residual_norm,
+                   "cg_breakdown": float(res.breakdown is not None)}
 
 
 @register("exact")
@@ -71,14 +70,14 @@ class Exact:
     def observe(self, stats: dict[str, Tensor]) -> None:
         pass
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         gv, gt, f = outer_grads(problem, theta, v)
         o = self.opts
         w, info = exact_ihvp(problem, theta, v, gt, matrix=o.matrix, solver=o.solver, damping=o.damping,
                              tol=o.tol, maxiter=o.maxiter, dense_max=o.dense_max)
         lw = cross_vjp(problem, theta, v, problem.full_batch(), w.to(theta.dtype))
-        info.update(outer_loss=f, ihvp_norm=float(w.norm()))
-        return (gv - lw).detach(), info
+        info["ihvp_norm"] = float(w.norm())
+        return HyperResult((gv - lw).detach(), f, diagnostics=info)
 
     def ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, step: int,
              steps: int | None = None) -> Tensor:

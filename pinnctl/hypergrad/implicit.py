@@ -13,41 +13,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..core import Batch, BilevelProblem
-from .autodiff import cross_vjp, outer_grads
+from ..core import Batch, BilevelProblem, HyperResult
+from .autodiff import cross_vjp, curvature_operator, outer_grads
 from .base import StepInfo
 
 Matvec = Callable[[Tensor], Tensor]
-
-
-def hessian_operator(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch,
-                     tensor_sizes: list[int] | None = None) -> tuple[Matvec, dict[str, int]]:
-    """x ↦ H x (float64 in and out) with ∇_θ ℓ built once and reused by every product.
-
-    ``tensor_sizes`` reproduces codes that differentiate per parameter tensor (BPN): one
-    backward pass per tensor, each keeping only its own block. Same numbers, more passes.
-    ``counter["hvp"]`` counts products, ``counter["backward"]`` backward passes.
-    """
-    th = theta.detach().requires_grad_(True)
-    g = torch.autograd.grad(problem.inner_loss(th, v.detach(), batch), th, create_graph=True)[0]
-    counter = {"hvp": 0, "backward": 0}
-
-    def matvec(x: Tensor) -> Tensor:
-        counter["hvp"] += 1
-        x = x.to(g.dtype)
-        if tensor_sizes is None:
-            counter["backward"] += 1
-            return torch.autograd.grad(g, th, grad_outputs=x, retain_graph=True)[0].detach().double()
-        energy = (g * x).sum()
-        blocks, start = [], 0
-        for size in tensor_sizes:
-            counter["backward"] += 1
-            full = torch.autograd.grad(energy, th, retain_graph=True)[0]
-            blocks.append(full[start:start + size])
-            start += size
-        return torch.cat(blocks).detach().double()
-
-    return matvec, counter
 
 
 def parameter_tensor_sizes(problem: BilevelProblem) -> list[int] | None:
@@ -83,14 +53,14 @@ class LastBatch:
 
 
 def implicit_hypergradient(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch,
-                           solve: Callable[[Matvec, Tensor], tuple[Tensor, dict[str, Any]]],
-                           tensor_sizes: list[int] | None = None) -> tuple[Tensor, dict[str, Any]]:
+                           solve: Callable[[Matvec, Tensor], tuple[Tensor, dict[str, float]]],
+                           tensor_sizes: list[int] | None = None) -> HyperResult:
     """h = ∇_v f − L·w with w = solve(H·, ∇_θ f) on ``batch``."""
     gv, gt, f = outer_grads(problem, theta, v)
-    matvec, counter = hessian_operator(problem, theta, v, batch, tensor_sizes)
-    w, info = solve(matvec, gt.double())
+    op = curvature_operator(problem, theta, v, batch, tensor_sizes=tensor_sizes)
+    w, info = solve(op.matvec, gt.double())
     if not torch.isfinite(w).all():
         info["nonfinite_ihvp"] = 1.0
     lw = cross_vjp(problem, theta, v, batch, w.to(theta.dtype))
-    info.update(outer_loss=f, ihvp_norm=float(w.norm()), hvp_count=counter["hvp"], backward_count=counter["backward"])
-    return (gv - lw).detach(), info
+    info.update(ihvp_norm=float(w.norm()), hvp_count=op.counter["hvp"], backward_count=op.counter["backward"])
+    return HyperResult((gv - lw).detach(), f, diagnostics=info)

@@ -133,3 +133,32 @@ def kron_eig_apply(e: KronEig, V: Tensor, damping: float) -> Tensor:
 
 def kron_inverse_apply(A: Tensor, B: Tensor, V: Tensor, damping: float) -> Tensor:
     return kron_eig_apply(kron_eig(A, B), V, damping)
+
+
+def random_start(dim: int, seed: int) -> Tensor:
+    """A power iteration's start vector: seeded, so runs repeat."""
+    return torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def power_iteration(matvec: Callable[[Tensor], Tensor], x0: Tensor, iterations: int) -> tuple[float, Tensor]:
+    """|λ|_max of a symmetric operator: ‖A x‖ for the normalised last iterate x, and that x
+    (pass it back as ``x0`` to warm-start the next estimate). 0 when A x = 0."""
+    x = x0 / x0.norm()
+    lam = 0.0
+    for _ in range(iterations):
+        y = matvec(x)
+        lam = float(y.norm())
+        if lam == 0.0:
+            return 0.0, x
+        x = y / lam
+    return lam, x
+
+
+def neumann_series(matvec: Callable[[Tensor], Tensor], b: Tensor, terms: int, eta: float) -> Tensor:
+    """A⁻¹ b ≈ η Σ_{k=0}^{K} (I − ηA)^k b; converges for η < 2/λ_max. ``matvec`` may change
+    between calls (stocBiO draws a fresh minibatch per product)."""
+    p, acc = b.clone(), b.clone()
+    for _ in range(terms):
+        p = p - eta * matvec(p)
+        acc = acc + p
+    return eta * acc

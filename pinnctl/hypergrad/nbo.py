@@ -36,24 +36,20 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import Batch, BilevelProblem
-from .autodiff import cross_vjp, outer_grads, scaled_residuals
-from .base import register
+from ..core import Batch, BilevelProblem, HyperResult
+from .autodiff import MATRICES, cross_vjp, curvature_operator, outer_grads
+from .base import batch_id, register
 from .implicit import LastBatch
-from .linalg import cg
-
-MATRICES = ("hessian", "gn")
+from .linalg import cg, power_iteration, random_start
 SOLVERS = ("gd", "cg")
 SEARCH_HALVINGS = 10  # the Newton step is tried at 1, 1/2, …, 2^-10, then skipped
-# Sample ids of NSBO's own minibatches, away from the inner loop's and the other methods'.
-NSBO_SAMPLE_OFFSET = 3 * 10**7
-NSBO_PER_STEP = 1000
+NSBO_SEARCH_K = (1 << 12) - 1  # k of NSBO's line-search batch in its stream; cross batches count down from it
 
 
 @dataclass
 class SharedCurvature:
     """∇_θ ℓ on one batch and X ↦ (C + λI) X for the columns of X (p, k), C = H or G,
-    all products against the graph built once here."""
+    all products against the one graph of ``autodiff.curvature_operator``."""
 
     grad: Tensor  # float64
     matmat: Callable[[Tensor], Tensor]
@@ -63,35 +59,14 @@ class SharedCurvature:
 
 def shared_curvature(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, matrix: str,
                      damping: float) -> SharedCurvature:
-    counter = {"hvp": 0}
-    v = v.detach()
-    if matrix == "hessian":
-        th = theta.detach().requires_grad_(True)
-        value = problem.inner_loss(th, v, batch)
-        loss = float(value.detach())
-        g = torch.autograd.grad(value, th, create_graph=True)[0]
-
-        def product(x: Tensor) -> Tensor:
-            return torch.autograd.grad(g, th, grad_outputs=x.to(g.dtype), retain_graph=True)[0]
-    else:
-        if problem.residuals is None:
-            raise PinnctlError(f"matrix=gn needs a least-squares problem; '{problem.name}' has no residuals")
-
-        def fn(t: Tensor) -> Tensor:
-            return scaled_residuals(problem, t, v, batch)
-
-        loss = float(problem.inner_loss(theta.detach(), v, batch).detach())  # the residual rows need not be ℓ's
-        r, vjp = torch.func.vjp(fn, theta.detach())
-        g = vjp(r)[0]  # Jᵀ r̃ = ∇_θ ℓ for ℓ = Σ w·mean(r²)
-
-        def product(x: Tensor) -> Tensor:
-            return vjp(torch.func.jvp(fn, (theta.detach(),), (x.to(theta.dtype),))[1])[0]
+    if matrix == "gn" and problem.residuals is None:
+        raise PinnctlError(f"matrix=gn needs a least-squares problem; '{problem.name}' has no residuals")
+    op = curvature_operator(problem, theta, v, batch, matrix)
 
     def matmat(X: Tensor) -> Tensor:
-        counter["hvp"] += X.shape[1]
-        return torch.stack([product(x).detach().double() for x in X.T], 1) + damping * X
+        return torch.stack([op.matvec(x) for x in X.T], 1) + damping * X
 
-    return SharedCurvature(g.detach().double(), matmat, counter, loss)
+    return SharedCurvature(op.grad, matmat, op.counter, op.loss)
 
 
 def newton_scale(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, d: Tensor, loss: float) -> float:
@@ -149,20 +124,14 @@ class _Newton:
         few products per outer step track a slowly changing curvature."""
         if self.opts.eta > 0:
             return self.opts.eta
-        matvec = lambda x: curv.matmat(x[:, None])[:, 0]  # noqa: E731
-        n = curv.grad.numel()
-        x = self.power_vector if self.power_vector is not None else torch.randn(
-            n, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
-        for _ in range(self.opts.power_iterations):
-            y = matvec(x / x.norm())
-            self.lambda_max = float(y.norm())
-            x = y
-        self.power_vector = x / x.norm()
+        x0 = self.power_vector if self.power_vector is not None else random_start(curv.grad.numel(), step)
+        self.lambda_max, self.power_vector = power_iteration(lambda x: curv.matmat(x[:, None])[:, 0], x0,
+                                                             self.opts.power_iterations)
         return 1.0 / self.lambda_max if self.lambda_max > 0 else 1.0
 
     def finish(self, problem: BilevelProblem, theta: Tensor, v: Tensor, d: Tensor, u: Tensor, batch: Batch,
                loss: float, cross_batches: list[Batch], info: dict[str, Any],
-               refine: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
+               refine: Callable[[Tensor, Tensor], Tensor] | None = None) -> HyperResult:
         """Newton step (searched), optionally u re-solved there (``refine(θ_new, u)``), then
         h = ∇_v f − L u at the new θ."""
         s = 0.0
@@ -175,10 +144,8 @@ class _Newton:
         self.u = u.detach()
         gv, _, f = outer_grads(problem, new_theta, v)
         lw = sum(cross_vjp(problem, new_theta, v, b, u.to(theta.dtype)) for b in cross_batches) / len(cross_batches)
-        info.update(outer_loss=f, newton_scale=s, newton_norm=float(s * d.norm()), ihvp_norm=float(u.norm()))
-        if s > 0:
-            info["theta_step"] = step  # the loop moves θ by this (see bilevel._outer_step)
-        return (gv - lw).detach(), info
+        info.update(newton_scale=s, newton_norm=float(s * d.norm()), ihvp_norm=float(u.norm()))
+        return HyperResult((gv - lw).detach(), f, theta_step=step if s > 0 else None, diagnostics=info)
 
 
 @register("nbo")
@@ -207,7 +174,7 @@ class NBO(_Newton, LastBatch):
         LastBatch.__init__(self, opts)
         _Newton.__init__(self, opts)
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         o = self.opts
         batch = problem.full_batch() if o.batch == "full" else self.batch_for(problem, step)
         curv = shared_curvature(problem, theta, v, batch, o.matrix, o.damping)
@@ -268,9 +235,9 @@ class NSBO(_Newton):
         pass
 
     def _batch(self, problem: BilevelProblem, step: int, k: int) -> Batch:
-        return problem.sample(NSBO_SAMPLE_OFFSET + step * NSBO_PER_STEP + k)
+        return problem.sample(batch_id("nsbo", step, k))
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         o = self.opts
         gt = outer_grads(problem, theta, v)[1].double()
         d = torch.zeros_like(gt)
@@ -284,7 +251,7 @@ class NSBO(_Newton):
             d = d - eta * (HX[:, 0] - curv.grad)
             u = u - eta * (HX[:, 1] - gt)
             hvps += curv.counter["hvp"]
-        search_batch = self._batch(problem, step, NSBO_PER_STEP - 1)
+        search_batch = self._batch(problem, step, NSBO_SEARCH_K)
         loss = float(problem.inner_loss(theta.detach(), v.detach(), search_batch).detach())
-        cross = [self._batch(problem, step, NSBO_PER_STEP - 2 - m) for m in range(o.cross_batches)]
+        cross = [self._batch(problem, step, NSBO_SEARCH_K - 1 - m) for m in range(o.cross_batches)]
         return self.finish(problem, theta, v, d, u, search_batch, loss, cross, {"eta": eta, "hvp_count": hvps})

@@ -7,39 +7,13 @@ power iterations on H (each one HVP), so the default never diverges on an SPD H.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
+from ..core import BilevelProblem, HyperResult
 from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient
-
-
-def power_lambda_max(matvec: Matvec, dim: int, iterations: int, seed: int = 0) -> float:
-    """|λ|_max of a symmetric operator by power iteration (Rayleigh quotient of the last iterate)."""
-    x = torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    x = x / x.norm()
-    lam = 0.0
-    for _ in range(iterations):
-        y = matvec(x)
-        lam = float(x @ y)
-        n = float(y.norm())
-        if n == 0.0:
-            return 0.0
-        x = y / n
-    return abs(lam) if iterations else 0.0
-
-
-def neumann_series(matvec: Matvec, b: Tensor, terms: int, phi: float) -> Tensor:
-    p = b.clone()
-    acc = b.clone()
-    for _ in range(terms):
-        p = p - phi * matvec(p)
-        acc = acc + p
-    return phi * acc
+from .linalg import neumann_series, power_iteration, random_start
 
 
 @register("neumann")
@@ -54,14 +28,14 @@ class Neumann(LastBatch):
             if self.terms < 0 or self.phi < 0 or self.power_iterations < 1:
                 raise PinnctlError("neumann needs terms ≥ 0, phi ≥ 0 (0 = automatic) and power_iterations ≥ 1")
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         o = self.opts
 
-        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        def solve(matvec: Matvec, b: Tensor) -> tuple[Tensor, dict[str, float]]:
             phi = o.phi
-            info: dict[str, Any] = {}
+            info: dict[str, float] = {}
             if phi == 0.0:
-                lam = power_lambda_max(matvec, b.numel(), o.power_iterations, seed=step)
+                lam = power_iteration(matvec, random_start(b.numel(), step), o.power_iterations)[0]
                 phi = 1.0 / lam if lam > 0 else 1.0
                 info["lambda_max"] = lam
             w = neumann_series(matvec, b, o.terms, phi)

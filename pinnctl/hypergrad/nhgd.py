@@ -8,22 +8,19 @@ taken on the full batch (``cross=full``: noise-free, for when the full batch is 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
-from .autodiff import cross_vjp, gn_matvec, outer_grads
-from .base import StepInfo, register
+from ..core import BilevelProblem, HyperResult
+from .autodiff import cross_vjp, curvature_operator, outer_grads
+from .base import StepInfo, batch_id, register
 from .curvature import CURVATURES, CurvatureOptions, make_curvature
 from .linalg import cg
 
 CROSS_MODES = ("end", "trajectory", "full")
-AUTO_REFINE = {"efim": 0, "gn": 10, "kfac": 10}
-# Sample ids for the end-of-loop cross-derivative batches, away from inner-step ids.
-CROSS_SAMPLE_OFFSET = 10**7
 
 
 def _mean_cross(problem: BilevelProblem, points: list[tuple[Tensor, dict]], v: Tensor, w: Tensor) -> Tensor:
@@ -40,20 +37,13 @@ def _mean_cross(problem: BilevelProblem, points: list[tuple[Tensor, dict]], v: T
 @register("nhgd")
 class NHGD:
     @dataclass
-    class Options:
+    class Options(CurvatureOptions):  # the curvature's options are NHGD's, by inheritance
         curvature: str = "kfac"
-        beta: float = CurvatureOptions.beta
-        damping: float = CurvatureOptions.damping
         M: int = 5
         cross: str = "end"
-        efim_lambda0: float = CurvatureOptions.efim_lambda0
-        efim_floor: float = CurvatureOptions.efim_floor
-        efim_dense_max: int = CurvatureOptions.efim_dense_max
-        gn_rows: int = CurvatureOptions.gn_rows
-        gn_window: int = CurvatureOptions.gn_window
         every: int = 1  # update the curvature every `every` inner steps (cost control)
         # CG steps on the exact Gauss–Newton, preconditioned by the curvature;
-        # -1 = auto: 10 for gn/kfac, 0 for efim (the paper's method, kept faithful)
+        # -1 = the curvature's own ``auto_refine`` (10 for gn/kfac, 0 for efim: the paper's method, kept faithful)
         refine: int = -1
         # batch of that Gauss–Newton: "full" (the problem's full batch; the PDE problems train on it
         # anyway) or "last" (the last inner minibatch: cheap, but a tiny batch gives a rank-deficient G)
@@ -76,10 +66,8 @@ class NHGD:
 
     def __init__(self, opts: "NHGD.Options") -> None:
         self.opts = opts
-        curv_fields = CurvatureOptions.__dataclass_fields__
-        self.curvature = make_curvature(
-            opts.curvature, CurvatureOptions(**{k: v for k, v in asdict(opts).items() if k in curv_fields})
-        )
+        shared = {f.name: getattr(opts, f.name) for f in fields(CurvatureOptions)}
+        self.curvature = make_curvature(opts.curvature, CurvatureOptions(**shared))
         self.trajectory: list[tuple[Tensor, dict]] = []
         self.w_prev: Tensor | None = None
 
@@ -105,7 +93,7 @@ class NHGD:
             stats = {k: x for k, x in stats.items() if not k.startswith("traj_")}
         self.curvature.observe(stats)
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         gv, gt, f = outer_grads(problem, theta, v)
         w, refine_info = self._ihvp(problem, theta, v, gt, step, x0=self.w_prev if self.opts.warm_start else None)
         if self.opts.warm_start:
@@ -117,10 +105,10 @@ class NHGD:
         elif self.opts.cross == "full":
             points = [(theta, problem.full_batch())]
         else:
-            points = [(theta, problem.sample(CROSS_SAMPLE_OFFSET + step * self.opts.M + m)) for m in range(self.opts.M)]
+            points = [(theta, problem.sample(batch_id("nhgd.cross", step, m))) for m in range(self.opts.M)]
         lw = _mean_cross(problem, points, v, w)
-        h = gv - lw
-        return h.detach(), {"outer_loss": f, "ihvp_norm": float(w.norm()), "grad_theta_f_norm": float(gt.norm()), **refine_info}
+        return HyperResult((gv - lw).detach(), f, diagnostics={"ihvp_norm": float(w.norm()),
+                                                               "grad_theta_f_norm": float(gt.norm()), **refine_info})
 
     def ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, step: int,
              steps: int | None = None) -> Tensor:
@@ -135,14 +123,15 @@ class NHGD:
         (bench/hypergrad_accuracy.py); a few preconditioned CG steps (``refine``, JVP + VJP
         each) remove that error. Skipped (and reported) for problems without residuals."""
         if steps is None:
-            steps = self.opts.refine if self.opts.refine >= 0 else AUTO_REFINE[self.opts.curvature]
+            steps = self.opts.refine if self.opts.refine >= 0 else self.curvature.auto_refine
         if steps == 0 or problem.residuals is None:
             return self.curvature.solve(gt), {} if steps == 0 else {"refine_skipped": 1.0}
         batch = problem.full_batch() if self.opts.refine_batch == "full" else problem.sample(max(step - 1, 0))
         lam = self.opts.damping
+        gn = curvature_operator(problem, theta, v, batch, "gn")
 
         def matvec(x: Tensor) -> Tensor:
-            return gn_matvec(problem, theta, v, batch, x.to(theta.dtype)).double() + lam * x
+            return gn.matvec(x) + lam * x
 
         res = cg(matvec, gt.double(), x0=self.curvature.solve(gt) if x0 is None else x0, maxiter=steps, tol=1e-8,
                  precond=self.curvature.solve)

@@ -1,7 +1,7 @@
 """Stochastic baselines for the classification extras: stocBiO, TTSA, AmIGO, SOBA.
 
 All four approximate w ≈ H⁻¹ ∇_θ f with Hessian–vector products on *fresh minibatches*
-(``problem.sample`` with ids away from the inner loop's) and differ in how:
+(``problem.sample`` of the ``stochastic`` batch stream, see ``base.batch_id``) and differ in how:
 
 - ``stocbio`` (Ji et al., 2021): truncated Neumann series, w = η Σ_{k=0}^{Q} Π_{i≤k}(I − ηH_i) b.
 - ``ttsa`` (Hong et al., 2023): one random truncation q ~ U{0..Q−1}, w = Qη Π_{i≤q}(I − ηH_i) b,
@@ -27,14 +27,12 @@ import torch
 from torch import Tensor
 
 from .. import PinnctlError
-from ..core import BilevelProblem
-from .autodiff import cross_vjp, hvp, outer_grads
-from .base import StepInfo, register
-from .neumann import power_lambda_max
+from ..core import BilevelProblem, HyperResult
+from .autodiff import cross_vjp, curvature_operator, outer_grads
+from .base import StepInfo, batch_id, register
+from .linalg import neumann_series, power_iteration, random_start
 
-# Sample ids of the methods' own minibatches, away from the inner loop's and NHGD's.
-SAMPLE_OFFSET = 2 * 10**7
-PER_STEP = 1000
+CROSS_K0 = 1 << 11  # the cross-term batches' k (after the HVP batches' k < 2048)
 
 
 class _HVPMethod:
@@ -69,26 +67,26 @@ class _HVPMethod:
         self.eta, self.w = state["eta"], state["w"]
 
     def _batch(self, problem: BilevelProblem, step: int, k: int):
-        return problem.sample(SAMPLE_OFFSET + step * PER_STEP + k)
+        return problem.sample(batch_id("stochastic", step, k))
 
-    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         gv, gt, f = outer_grads(problem, theta, v)
         b = gt.double()
         counter = {"k": 0}
 
         def H(x: Tensor) -> Tensor:  # a fresh minibatch per product
             counter["k"] += 1
-            return hvp(problem, theta, v, self._batch(problem, step, counter["k"]), x.to(theta.dtype)).double()
+            return curvature_operator(problem, theta, v, self._batch(problem, step, counter["k"])).matvec(x)
 
         if self.eta is None:
-            batch = self._batch(problem, step, 0)
-            lam = power_lambda_max(lambda x: hvp(problem, theta, v, batch, x.to(theta.dtype)).double(), b.numel(),
-                                   self.opts.power_iterations, seed=step)
+            op = curvature_operator(problem, theta, v, self._batch(problem, step, 0))
+            lam = power_iteration(op.matvec, random_start(b.numel(), step), self.opts.power_iterations)[0]
             self.eta = 1.0 / lam if lam > 0 else 1.0
         w = self.solve(H, b, step)
-        lw = sum(cross_vjp(problem, theta, v, self._batch(problem, step, PER_STEP - 1 - m), w.to(theta.dtype))
+        lw = sum(cross_vjp(problem, theta, v, self._batch(problem, step, CROSS_K0 + m), w.to(theta.dtype))
                  for m in range(self.opts.cross_batches)) / self.opts.cross_batches
-        return (gv - lw).detach(), {"outer_loss": f, "ihvp_norm": float(w.norm()), "hvp_count": counter["k"], "eta": self.eta}
+        return HyperResult((gv - lw).detach(), f, diagnostics={"ihvp_norm": float(w.norm()), "hvp_count": counter["k"],
+                                                               "eta": self.eta})
 
     def solve(self, H: Any, b: Tensor, step: int) -> Tensor:
         raise NotImplementedError
@@ -97,11 +95,7 @@ class _HVPMethod:
 @register("stocbio")
 class StocBiO(_HVPMethod):
     def solve(self, H: Any, b: Tensor, step: int) -> Tensor:
-        p, acc = b.clone(), b.clone()
-        for _ in range(self.opts.terms):
-            p = p - self.eta * H(p)
-            acc = acc + p
-        return self.eta * acc
+        return neumann_series(H, b, self.opts.terms, self.eta)
 
 
 @register("ttsa")
