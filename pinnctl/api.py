@@ -615,7 +615,7 @@ def compare(runs: list[Any], target: float = 1.05, out: str | Path | None = None
     """Table and figure for several runs of one problem: certified J against wall-clock, controls
     against f*, time to reach ``target``·J*. ``runs`` are Run objects or run directories; the
     figure goes to ``out`` (default: compare.png beside the first run) with the table as JSON."""
-    from . import compare as cmp
+    from . import comparison as cmp
 
     loaded = [cmp.load_run(r.path if isinstance(r, Run) else r) for r in runs]
     if not loaded:
