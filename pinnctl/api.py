@@ -397,7 +397,7 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
     if problem_obj is None:
         problem_obj = _discover_problem(cfg.problem, cfg.params)
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {preset})", quiet=quiet)
-    _print("config: " + configmod.to_json(cfg), quiet=quiet)
+    _print("config: " + configmod.to_json(cfg), quiet=quiet or in_notebook())  # notebooks: Run.config has it
     run_dir = Path(resume) if snap is not None else create_run_dir(cfg, out)
     summary = execute(cfg, problem_obj, run_dir, quiet=quiet, snap=snap)
     finalise(cfg, run_dir, summary, quiet=quiet)
