@@ -17,7 +17,7 @@
 # Learn per-sample weights of a training set whose labels are 50 % corrupted (paper App. E.1):
 # NHGD with the paper's empirical Fisher against CG and the Newton-based NBO, same inner
 # loop. The data are read from `$PINNCTL_DATA` (MNIST IDX files). The stored outputs use a
-# 3000-sample subset and a short budget.
+# 2000-sample subset and 30 outer steps.
 
 # %%
 import os
@@ -28,8 +28,8 @@ import pinnctl
 
 SMOKE = os.environ.get("PINNCTL_SMOKE") == "1"
 OUT = os.environ.get("PINNCTL_NOTEBOOK_OUT", "runs/notebook-cleaning")
-SIZE = {"n_train": 500, "n_val": 200} if SMOKE else {"n_train": 3000, "n_val": 1000}
-BUDGET = {"preset": "smoke"} if SMOKE else {"outer": {"steps": 100}}
+SIZE = {"n_train": 500, "n_val": 200} if SMOKE else {"n_train": 2000, "n_val": 500}
+BUDGET = {"preset": "smoke"} if SMOKE else {"outer": {"steps": 30}}
 
 # %%
 runs = {method: pinnctl.solve("data_cleaning", method, out=f"{OUT}/{method}", params=SIZE, **BUDGET)

@@ -71,6 +71,7 @@ class Progress:
         return progress, bar.close
 
     def outer(self, rec: Any, j_star: float | None, first: int, total: int) -> None:
+        """One finished outer step (``first`` is where a resumed run started)."""
         if self.quiet:
             return
         line = format_record(rec, j_star)
@@ -83,6 +84,7 @@ class Progress:
         self.bar.set_postfix_str(line.split("  loss ")[0], refresh=True)
 
     def close(self) -> None:
+        """Close the outer-step bar (a no-op in a terminal)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -525,6 +527,7 @@ class Run:
 
     @property
     def status(self) -> str:
+        """running, done, interrupted, diverged or failed (from the run file)."""
         return str(self._data()["attrs"].get("status", "unknown"))
 
     @property
