@@ -40,6 +40,24 @@ def execute(name: str, *, smoke: bool, workdir: Path, timeout: int = 3600):
     return nb
 
 
+def tidy(nb) -> None:
+    """Stored outputs as a notebook front-end shows them: consecutive stream outputs joined,
+    progress-bar redraws (carriage returns) reduced to their last state."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged: list = []
+        for out in cell.outputs:
+            if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rstrip().rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+        cell.outputs = merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(NOTEBOOKS), help="notebooks to build (default: all)")
@@ -50,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:
         nb = execute(name, smoke=args.smoke, workdir=Path.cwd())
         if not args.smoke:
+            tidy(nb)
             jupytext.write(nb, HERE / f"{name}.ipynb")
             print(f"wrote {HERE / f'{name}.ipynb'}", flush=True)
     return 0
