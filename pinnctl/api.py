@@ -70,11 +70,11 @@ class Progress:
 
         return progress, bar.close
 
-    def outer(self, rec: Any, j_star: float | None, first: int, total: int) -> None:
+    def outer(self, rec: Any, j_star: float | None, first: int, total: int, measure: str = "grid") -> None:
         """One finished outer step (``first`` is where a resumed run started)."""
         if self.quiet:
             return
-        line = format_record(rec, j_star)
+        line = format_record(rec, j_star, measure)
         if not self.notebook:
             print(line, flush=True)
             return
@@ -90,11 +90,11 @@ class Progress:
             self.bar = None
 
 
-def format_record(rec: Any, j_star: float | None) -> str:
+def format_record(rec: Any, j_star: float | None, measure: str = "grid") -> str:
     """The per-outer-step line (terminal) and progress-bar text (notebooks)."""
     parts = [f"outer {rec.step + 1:4d}", f"{'J_pinn' if rec.certified else 'f'} {rec.outer_loss:.4e}"]
     if rec.certified:
-        jg = rec.certified.get("grid")
+        jg = rec.certified.get(measure)
         parts.append(f"J_cert {jg:.4e}" + (f" ({jg / j_star:.3f}·J*)" if j_star else ""))
     parts.append("loss " + " ".join(f"{k}={v:.2e}" for k, v in rec.inner_terms.items()))
     if rec.metrics:
@@ -113,7 +113,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     import torch
 
     from .bilevel import InnerState, train_state
-    from .problem import compile_problem, constant_control, load_reference, objective_points
+    from .problem import compile_problem, constant_control, objective_points
     from .solve_setup import sampling_config
 
     problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
@@ -125,12 +125,13 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     close()
     elapsed = time.perf_counter() - start
     summary: dict[str, Any] = {"inner_loss": loss, "train_time_s": elapsed, "control": cfg.forward.control}
-    if problem_obj.reference is not None:
-        pts = objective_points(problem_obj)
+    ref = problem.info.get("reference")
+    pts = objective_points(problem_obj)
+    exact = None if ref is None else ref.state(problem.info["encode_control"](v), pts)
+    if exact is not None:
         with torch.no_grad():
-            u = problem_obj.state.forward(state.theta.detach(), torch.as_tensor(pts, dtype=torch.float32))[:, 0].double().numpy()
-        c = float(cfg.forward.control)
-        exact = load_reference(problem_obj.reference).state_at(lambda t: np.full_like(t, c), pts, **problem_obj.params)
+            x = torch.as_tensor(pts, dtype=state.theta.dtype, device=state.theta.device)
+            u = problem_obj.state.forward(state.theta.detach(), x)[:, 0].double().cpu().numpy()
         summary["rel_l2_error"] = float(np.linalg.norm(u - exact) / np.linalg.norm(exact))
         summary["max_abs_error"] = float(np.abs(u - exact).max())
     _print(f"forward solve: control f ≡ {cfg.forward.control}, {cfg.pretrain.steps} Adam steps in {elapsed:.1f} s, "
@@ -141,22 +142,23 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     return summary
 
 
-def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Path,
+def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
                   resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Algorithm 1 with the run file appended every outer step and atomic checkpoints."""
+    """Algorithm 1 with the run file appended every outer step and atomic checkpoints (which
+    also carry the config and the history, so a lost run.h5 is rebuilt on resume). ``setup``
+    is ``solve_setup.build``'s, made before the run folder was touched."""
     import numpy as np
+    import torch
 
     from . import checkpoint as ckpt
-    from . import runs, solve_setup
+    from . import runs
     from .bilevel import run
-    from .problem import load_reference
 
-    setup = solve_setup.build(cfg, problem_obj)
     problem = setup.problem
-    optimum = None
-    if problem_obj.reference is not None and problem.certify is not None:
-        optimum = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid")
-        _print(f"reference optimum (grid measure): J* = {optimum.J:.6e}", quiet=quiet)
+    ref, measure = problem.info.get("reference"), problem.info.get("measure") or "grid"
+    optimum = ref.optimum(measure) if ref is not None and problem.certify is not None else None
+    if optimum is not None:
+        _print(f"reference optimum ({measure} measure): J* = {optimum.J:.6e}", quiet=quiet)
     j_star = optimum.J if optimum is not None else None
     run_file = out / runs.RUN_FILE
     if resume is None:
@@ -164,6 +166,9 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         if optimum is not None and optimum.t is not None:
             runs.write_reference(run_file, optimum.t, optimum.f)
     else:
+        if not _readable(run_file):
+            _rebuild_run_file(out, cfg, resume, j_star, optimum)
+            _print(f"{run_file} was missing or unreadable: rebuilt from the checkpoint's config and history", quiet=quiet)
         runs.truncate(run_file, int(resume["outer_step"]))
         runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
         _print(f"resuming {out} after outer step {resume['outer_step']}", quiet=quiet)
@@ -173,7 +178,7 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
 
     def callback(rec: Any) -> None:
         runs.append(run_file, rec)
-        shown.outer(rec, j_star, first, cfg.outer.steps)
+        shown.outer(rec, j_star, first, cfg.outer.steps, measure)
 
     def save_state(theta: Any, v: Any) -> None:
         samples = problem.control_samples(v) if problem.control_samples is not None else None
@@ -181,7 +186,9 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
                          image_shape=problem.info.get("v_image_shape"))
 
     def checkpoint(snap: dict[str, Any]) -> None:
-        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), **snap})
+        rows = int(snap["outer_step"])
+        history = {k: torch.from_numpy(np.ascontiguousarray(a[:rows])) for k, a in runs.history_arrays(run_file).items()}
+        ckpt.save(out / ckpt.CHECKPOINT, {"config": configmod.to_json(cfg), "history": history, **snap})
         save_state(snap["theta"], snap["v"])
 
     worker: dict[str, Any] = {}
@@ -214,12 +221,12 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
     certified = [r for r in history if r["certified"]]
     if certified:
-        best = min(certified, key=lambda r: r["certified"]["grid"])
+        best = min(certified, key=lambda r: r["certified"][measure])
         summary["best_certified"] = {"step": int(best["step"]), **best["certified"]}
     if last and last["certified"] and j_star is not None:
-        jg = last["certified"]["grid"]
+        jg = last["certified"][measure]
         ratio = f" = {jg / j_star:.4f}·J*" if j_star > 0 else f" (J* = {j_star:g})"
-        _print(f"done: certified J = {jg:.6e}{ratio} (grid measure), PINN J = {last['outer_loss']:.6e}, "
+        _print(f"done: certified J = {jg:.6e}{ratio} ({measure} measure), PINN J = {last['outer_loss']:.6e}, "
                f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     elif last:
         _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)
@@ -261,9 +268,9 @@ def _problem_name(obj: Any) -> str:
 
 
 def _discover_problem(name: str, params: dict[str, Any]) -> Any:
-    from .discovery import discover
+    from .discovery import find
 
-    return discover().get(name).build(**params)
+    return find(name).build(**params)
 
 
 def resolve_config(problem: Any, *, method: str | None = None, preset: str = "quick", seed: int | None = None,
@@ -292,19 +299,30 @@ def resolve_config(problem: Any, *, method: str | None = None, preset: str = "qu
 
 def resolve_resume(path: str | Path, *, problem: str | None = None,
                    sets: dict[str, Any] | None = None) -> tuple[configmod.Config, dict[str, Any]]:
-    """The run's own config plus overrides (e.g. ``outer.steps``), and its last checkpoint."""
+    """The run's own config (the one its checkpoint was written with) plus overrides (e.g.
+    ``outer.steps``), checked compatible with the run, and its last checkpoint."""
     from . import checkpoint as ckpt
-    from . import runs
 
     snap = ckpt.load(Path(path))
-    cfg = configmod.from_dict(runs.read(path)["attrs"]["config"])
+    old = _checkpoint_config(snap, Path(path))
     if problem is not None and not isinstance(problem, str):
         problem = _problem_name(problem)
-    if problem is not None and problem != cfg.problem:
-        raise PinnctlError(f"--resume {path} is a run of '{cfg.problem}', not '{problem}'")
+    if problem is not None and problem != old.problem:
+        raise PinnctlError(f"--resume {path} is a run of '{old.problem}', not '{problem}'")
+    cfg = configmod.from_dict(configmod.to_dict(old))
     for key, value in (sets or {}).items():
         configmod.set_key(cfg, key, value)
+    configmod.check_resume(old, cfg, path)
     return cfg, snap
+
+
+def _checkpoint_config(snap: dict[str, Any], run_dir: Path) -> configmod.Config:
+    """The config a checkpoint was written with (older checkpoints: the run file's)."""
+    from . import runs
+
+    if isinstance(snap.get("config"), str):
+        return configmod.from_dict(json.loads(snap["config"]))
+    return configmod.from_dict(runs.read(run_dir)["attrs"]["config"])
 
 
 def validate(cfg: configmod.Config, snap: dict[str, Any] | None) -> None:
@@ -312,48 +330,127 @@ def validate(cfg: configmod.Config, snap: dict[str, Any] | None) -> None:
     from .hypergrad import known_methods
     from .solve_setup import check_devices
 
+    from .hypergrad import make_method
+
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:
         raise PinnctlError(f"unknown method '{cfg.method.name}'; known: {', '.join(known)}")
-    check_devices(cfg)
-    if snap is not None and cfg.method.name in SOLVE_MODES:
+    bilevel = cfg.method.name not in SOLVE_MODES
+    if snap is not None and not bilevel:
         raise PinnctlError(f"method '{cfg.method.name}' runs are not resumable")
+    configmod.validate(cfg, bilevel=bilevel)
+    check_devices(cfg)
+    if bilevel:
+        make_method(cfg.method.name, cfg.method.options)  # unknown or bad method options
+
+
+def compile_setup(cfg: configmod.Config, problem_obj: Any, snap: dict[str, Any] | None = None,
+                  run_dir: str | Path | None = None) -> Any:
+    """The compiled problem and estimator (``solve_setup.build``). Compiling evaluates the
+    problem's residuals, targets and controls once, so a broken problem file is a one-line
+    error before any run folder exists; a resumed checkpoint must fit the nets it builds."""
+    from . import solve_setup
+
+    try:
+        setup = solve_setup.build(cfg, problem_obj)
+    except PinnctlError:
+        raise
+    except Exception as e:
+        raise PinnctlError(f"problem '{cfg.problem}' does not compile: {_one_line(e)}") from None
+    for key, what, now in (("theta", "state net", setup.problem.theta0), ("v", "control", setup.problem.v0)):
+        if snap is not None and snap[key].numel() != now.numel():
+            raise PinnctlError(f"--resume {run_dir}: the checkpoint's {what} has {snap[key].numel()} parameters, the "
+                               f"problem now builds {now.numel()} (was its file changed?); start a new run")
+    return setup
 
 
 def create_run_dir(cfg: configmod.Config, out: str | Path | None) -> Path:
-    """The run directory: ``out``, or runs/<problem>-<method>-<timestamp>."""
+    """The run directory: ``out`` (checked here, created and locked by ``runs.hold``), or a new
+    runs/<problem>-<method>-<timestamp>[-N]."""
+    from . import runs
+
     if out:
-        path = Path(out)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{cfg.problem}-{cfg.method.name}-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        return runs.check_out(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return runs.default_dir(Path("runs") / f"{cfg.problem}-{cfg.method.name}-{stamp}")
 
 
 def execute(cfg: configmod.Config, problem_obj: Any, out: Path, *, quiet: bool,
-            snap: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the solve; on failure or Ctrl-C mark the run (summary.json, run file status) and re-raise."""
-    from . import checkpoint as ckpt
-    from . import runs
-
+            snap: dict[str, Any] | None = None, setup: Any = None) -> dict[str, Any]:
+    """Run the solve; on failure or Ctrl-C mark the run (summary.json, run file status) and re-raise;
+    an unexpected exception becomes a one-line RunError, its traceback kept in error.txt."""
     bilevel = cfg.method.name not in SOLVE_MODES
     if not bilevel:
         (out / "config.json").write_text(configmod.to_json(cfg))
     try:
         if bilevel:
-            return solve_bilevel(cfg, problem_obj, quiet, out, resume=snap)
+            return solve_bilevel(cfg, setup if setup is not None else compile_setup(cfg, problem_obj), quiet, out,
+                                 resume=snap)
         return SOLVE_MODES[cfg.method.name](cfg, problem_obj, quiet, out)
-    except (PinnctlError, KeyboardInterrupt) as e:
-        from .bilevel import DivergenceError
+    except (Exception, KeyboardInterrupt) as e:
+        error = _record_failure(out, cfg, bilevel, e)
+        if isinstance(e, (PinnctlError, KeyboardInterrupt)):
+            raise
+        raise error from e
 
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else ("diverged" if isinstance(e, DivergenceError) else "failed")
-        (out / "summary.json").write_text(json.dumps({"status": status, "error": str(e), "config": configmod.to_dict(cfg)}, indent=1))
-        if bilevel and (out / runs.RUN_FILE).exists():
-            runs.set_status(out / runs.RUN_FILE, status, error=str(e))
-            _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, last good checkpoint in {out / ckpt.CHECKPOINT} "
-                   f"(continue with: pinnctl solve --resume {out})", quiet=False)
-        raise
+
+def _record_failure(out: Path, cfg: configmod.Config, bilevel: bool, e: BaseException) -> Any:
+    """Status, summary.json and, for an unexpected exception, error.txt with its traceback;
+    returns the one-line RunError that reports an unexpected exception."""
+    import traceback
+
+    from . import RunError
+    from . import checkpoint as ckpt
+    from . import runs
+    from .bilevel import DivergenceError
+    from .signals import Terminated
+
+    if isinstance(e, KeyboardInterrupt):
+        status, message = "interrupted", "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+    else:
+        status = "diverged" if isinstance(e, DivergenceError) else "failed"
+        message = str(e) if isinstance(e, PinnctlError) else _one_line(e)
+    error = RunError(message)
+    if not isinstance(e, (PinnctlError, KeyboardInterrupt)):
+        (out / "error.txt").write_text("".join(traceback.format_exception(e)))
+        error = RunError(f"run failed: {message} (traceback in {out / 'error.txt'})")
+    (out / "summary.json").write_text(json.dumps({"status": status, "error": message, "config": configmod.to_dict(cfg)},
+                                                 indent=1))
+    if bilevel and (out / runs.RUN_FILE).exists():
+        runs.set_status(out / runs.RUN_FILE, status, error=message)
+        if (out / ckpt.CHECKPOINT).exists():
+            hint = f"last good checkpoint in {out / ckpt.CHECKPOINT} (continue with: pinnctl solve --resume {out})"
+        else:
+            hint = "it stopped before its first checkpoint (during pretraining): nothing to resume; start it again with --overwrite"
+        _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, {hint}", quiet=False)
+    return error
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _readable(run_file: Path) -> bool:
+    from . import runs
+
+    try:
+        runs.read(run_file)
+        return True
+    except PinnctlError:
+        return False
+
+
+def _rebuild_run_file(out: Path, cfg: configmod.Config, snap: dict[str, Any], j_star: float | None, optimum: Any) -> None:
+    from . import runs
+
+    run_file = out / runs.RUN_FILE
+    if run_file.exists():  # unreadable: kept beside the new one, never deleted
+        run_file.replace(run_file.with_suffix(".h5.unreadable"))
+    history = {k: v.numpy() for k, v in snap.get("history", {}).items()}
+    runs.rebuild(out, config=configmod.to_dict(cfg), history=history, j_star=j_star)
+    if optimum is not None and optimum.t is not None:
+        runs.write_reference(run_file, optimum.t, optimum.f)
 
 
 def finalise(cfg: configmod.Config, out: Path, summary: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
@@ -373,9 +470,13 @@ def finalise(cfg: configmod.Config, out: Path, summary: dict[str, Any], *, quiet
 
 def launch(problem: str | None = None, *, method: str | None = None, preset: str = "quick", seed: int | None = None,
            out: str | Path | None = None, parallel: bool = False, quiet: bool = False, config: str | Path | None = None,
-           sets: dict[str, Any] | None = None, resume: str | Path | None = None) -> "Run | None":
+           sets: dict[str, Any] | None = None, resume: str | Path | None = None,
+           overwrite: bool = False) -> "Run | None":
     """The one solve path (``solve``, ``Run.resume`` and the CLI all come here); returns None
-    in torchrun's second process, which serves as the curvature worker."""
+    in torchrun's second process, which serves as the curvature worker. Nothing is written
+    before the config, the method options and the compiled problem are checked; the run
+    folder is then locked for the run's life (``runs.hold``), and a fresh run needs an empty
+    one (``overwrite`` replaces the run in it)."""
     if resume is None:
         cfg, problem_obj = resolve_config(problem, method=method, preset=preset, seed=seed, config=config, sets=sets)
         snap = None
@@ -398,11 +499,15 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
     validate(cfg, snap)
     if problem_obj is None:
         problem_obj = _discover_problem(cfg.problem, cfg.params)
+    setup = compile_setup(cfg, problem_obj, snap, resume) if cfg.method.name not in SOLVE_MODES else None
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {preset})", quiet=quiet)
     _print("config: " + configmod.to_json(cfg), quiet=quiet or in_notebook())  # notebooks: Run.config has it
+    from . import runs
+
     run_dir = Path(resume) if snap is not None else create_run_dir(cfg, out)
-    summary = execute(cfg, problem_obj, run_dir, quiet=quiet, snap=snap)
-    finalise(cfg, run_dir, summary, quiet=quiet)
+    with runs.hold(run_dir, fresh=snap is None, overwrite=overwrite):
+        summary = execute(cfg, problem_obj, run_dir, quiet=quiet, snap=snap, setup=setup)
+        finalise(cfg, run_dir, summary, quiet=quiet)
     return Run(run_dir, problem=None if isinstance(problem, str) else problem)
 
 
@@ -411,19 +516,21 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
 
 def solve(problem: Any, method: str | None = "nhgd", preset: str = "quick", seed: int | None = 0,
           out: str | Path | None = None, parallel: bool = False, quiet: bool = False, *,
-          config: str | Path | None = None, options: dict[str, Any] | None = None, **overrides: Any) -> "Run":
+          config: str | Path | None = None, options: dict[str, Any] | None = None, overwrite: bool = False,
+          **overrides: Any) -> "Run":
     """Solve ``problem`` (a name from ``problems()``, or a problem object) with ``method``; return the finished Run.
 
     ``options`` are the method's own options (``{"variant": "fast"}`` for broyden);
     ``overrides`` are config keys, nested (``outer={"steps": 100}``) or dotted
     (``**{"outer.steps": 100}``); ``config`` is a TOML file of overrides. ``method=None`` or
-    ``seed=None`` take the value from the config file or preset. Raises PinnctlError with the
+    ``seed=None`` take the value from the config file or preset; ``out`` must be new or empty
+    unless ``overwrite`` (then the run in it is replaced). Raises PinnctlError with the
     CLI's one-line message for an unknown problem, method or key.
     """
     sets = flatten_overrides(overrides)
     sets.update(flatten_overrides(options or {}, "method.options."))
     run = launch(problem, method=method, preset=preset, seed=seed, out=out, parallel=parallel, quiet=quiet,
-                 config=config, sets=sets)
+                 config=config, sets=sets, overwrite=overwrite)
     assert run is not None  # None only in torchrun's worker process
     return run
 
@@ -458,26 +565,24 @@ def problems() -> dict[str, str]:
     return {name: found.entries[name].description for name in sorted(found.entries)}
 
 
-def _reference_of(problem: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from .problem import load_reference
+def _reference_of(problem: str, params: dict[str, Any]) -> Any:
+    from .problem import reference_of
 
-    obj = _discover_problem(problem, params)
-    if obj.reference is None:
+    ref = reference_of(_discover_problem(problem, params))
+    if ref is None:
         raise PinnctlError(f"problem '{problem}' has no reference solver")
-    return load_reference(obj.reference), dict(getattr(obj, "params", {}))
+    return ref
 
 
 def reference(problem: str, measure: str = "grid", **params: Any) -> Any:
     """The exact optimum of ``problem`` from its classical solver: ``.J`` (J* on ``measure``) and,
     for curve controls, ``.t``, ``.f`` (f*) and ``.control()``."""
-    ref, full = _reference_of(problem, params)
-    return ref.optimum(**full, measure=measure)
+    return _reference_of(problem, params).optimum(measure)
 
 
 def reference_report(problem: str, **params: Any) -> str:
     """The reference solver's text report (what ``pinnctl reference`` prints)."""
-    ref, full = _reference_of(problem, params)
-    return ref.report(**full)
+    return _reference_of(problem, params).report()
 
 
 class History(dict):

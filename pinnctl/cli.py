@@ -27,9 +27,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in sorted(found.entries):
         entry = found.entries[name]
         print(f"{name:<{width}}  {entry.description}  [{entry.path}]")
-    for err in found.errors:
+    errors = found.errors + [f"problem '{name}' is defined twice: {' and '.join(map(str, paths))}; rename one"
+                             for name, paths in sorted(found.duplicates.items())]
+    for err in errors:
         print(f"error: {err}", file=sys.stderr)
-    return EXIT_FAILED if found.errors else 0
+    return EXIT_FAILED if errors else 0
 
 
 # ----------------------------------------------------------------------------- reference
@@ -50,11 +52,14 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 def cmd_solve(args: argparse.Namespace) -> int:
     from . import api
+    from .signals import sigterm_as_interrupt
 
-    if args.resume is not None and (args.config or args.seed is not None or args.method is not None):
+    if args.resume is not None and (args.config or args.seed is not None or args.method is not None or args.overwrite):
         raise PinnctlError("--resume continues a run with its own config; only --set overrides are allowed (e.g. outer.steps)")
-    api.launch(args.problem, method=args.method, preset=args.preset, seed=args.seed, out=args.out, parallel=args.parallel,
-               quiet=args.quiet, config=args.config, sets=configmod.parse_sets(args.set or []), resume=args.resume)
+    with sigterm_as_interrupt():  # `timeout`, SLURM and systemd stop a run like Ctrl-C (exit 143)
+        api.launch(args.problem, method=args.method, preset=args.preset, seed=args.seed, out=args.out,
+                   parallel=args.parallel, quiet=args.quiet, config=args.config, sets=configmod.parse_sets(args.set or []),
+                   resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -105,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="TOML file with config overrides")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. inner.steps=50")
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>)")
+    sp.add_argument("--out", help="run directory (default runs/<problem>-<method>-<timestamp>); must be empty or new")
+    sp.add_argument("--overwrite", action="store_true", help="replace the run in a non-empty --out")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
     sp.add_argument("--parallel", action="store_true",
                     help="curvature worker in a second process (Algorithm 2; see parallel.* config keys)")
@@ -135,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except PinnctlError as e:
         print(f"pinnctl: error: {e}", file=sys.stderr)
         return EXIT_FAILED if isinstance(e, RunError) else EXIT_USAGE
-    except KeyboardInterrupt:
-        print("pinnctl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from .signals import Terminated, exit_code
+
+        print(f"pinnctl: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return _flatten(tomllib.load(fh))
     except FileNotFoundError:
         raise PinnctlError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise PinnctlError(f"--config {path} is a directory; give a TOML file") from None
+    except UnicodeDecodeError:
+        raise PinnctlError(f"config file {path} is not UTF-8 text; give a TOML file") from None
+    except OSError as e:
+        raise PinnctlError(f"cannot read config file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise PinnctlError(f"config file {path} is not valid TOML: {e}") from None
 
@@ -214,3 +220,90 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (Sobol scrambling) takes 32-bit seeds
+
+
+def _check(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise PinnctlError(f"config key '{key}' must be {what}, got {value!r}")
+
+
+def validate(cfg: Config, *, bilevel: bool = True) -> None:
+    """Every value a run reads, checked before anything is built or written: counts and
+    learning rates positive, floats finite, seeds in range, names known. ``bilevel`` is
+    False for solve modes without an outer loop (``forward``), where outer/inner keys are unused."""
+    import math
+
+    from .bilevel import OPTIMIZERS
+
+    for key in _leaf_keys(cfg):
+        value = get_key(cfg, key)
+        if isinstance(value, float):
+            _check(math.isfinite(value), key, value, "a finite number")
+    for key in ("seed", "sampling.seed"):
+        value = get_key(cfg, key)
+        _check(0 <= value <= SEED_MAX, key, value, f"an integer in [0, {SEED_MAX}]")
+    positive = ["pretrain.lr"] + (["inner.lr", "outer.lr", "inner.steps", "outer.steps"] if bilevel else [])
+    for key in positive:
+        value = get_key(cfg, key)
+        _check(value > 0, key, value, "> 0")
+    for key in ("pretrain.steps", "checkpoint_every", "certify_every", "inner.radius", "inner.damping", "outer.clip"):
+        value = get_key(cfg, key)
+        _check(value >= 0, key, value, "≥ 0" + (" (0 disables)" if key in ("checkpoint_every", "certify_every",
+                                                                           "inner.radius", "outer.clip") else ""))
+    for key, known in (("inner.optimizer", sorted(OPTIMIZERS)), ("outer.optimizer", _outer_optimizers())):
+        value = get_key(cfg, key)
+        _check(value in known, key, value, f"one of {', '.join(known)}")
+    from .sampling import SCHEMES
+
+    _check(cfg.sampling.scheme in SCHEMES, "sampling.scheme", cfg.sampling.scheme, f"one of {', '.join(SCHEMES)}")
+
+
+def _outer_optimizers() -> list[str]:
+    """The outer optimisers' registry (``pinnctl.outer``, issue 18) or, before it, the shared table."""
+    try:
+        from .outer import known
+    except ImportError:
+        from .bilevel import OPTIMIZERS
+
+        return sorted(OPTIMIZERS)
+    return sorted(known())
+
+
+def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every typed field (free-form dicts such as params are the problem's to check)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _leaf_keys(value, f"{prefix}{f.name}.")
+        elif not isinstance(value, dict):
+            out.append(prefix + f.name)
+    return out
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+# What defines a run's numbers: a resume may not change it (the checkpoint's state would not fit,
+# or the history would silently mix two setups). Everything else (outer.steps, learning rates,
+# checkpoint_every, certify_every, parallel.*) may change.
+RESUME_FIXED = ("problem", "params", "seed", "sampling", "method", "inner.optimizer", "outer.optimizer")
+
+
+def check_resume(old: Config, new: Config, run_dir: str | Path) -> None:
+    """A resumed config compatible with the run it continues, or a one-line error naming the key."""
+    before, after = _flatten(to_dict(old)), _flatten(to_dict(new))
+    unset = "its default"
+    for key in sorted(set(before) | set(after)):
+        if any(key == f or key.startswith(f + ".") for f in RESUME_FIXED) and before.get(key) != after.get(key):
+            was, now = (repr(d[key]) if key in d else unset for d in (before, after))
+            raise PinnctlError(f"--resume {run_dir}: '{key}' would change from {was} to {now}, "
+                               "but a resume keeps the run's problem, method and optimisers; start a new run "
+                               "(another --out) to change it")

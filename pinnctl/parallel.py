@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -240,19 +241,37 @@ def serve(problem: Any, estimator: Estimator, channel: Channel, stream: str) -> 
 # ----------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _listen_local() -> socket.socket:
+    """The rendezvous socket, bound to 127.0.0.1 (torch's own TCPStore listens on every interface)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
 
 
-def _init_group(rank: int, backend: str, addr: str | None, port: int | None) -> None:
-    """Our own TCP rendezvous when we spawned the worker; torchrun's store (env://) under torchrun."""
+def _loopback_interface() -> str:
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+
+
+def _init_group(rank: int, backend: str, addr: str | None, port: int | None, sock: socket.socket | None = None) -> None:
+    """Our own rendezvous on 127.0.0.1 when we spawned the worker (the store on ``sock``, gloo's
+    pairs on the loopback interface); torchrun's store (env://) under torchrun, where a
+    multi-node launch is the user's choice."""
     timeout = datetime.timedelta(seconds=STARTUP_TIMEOUT_S)  # rendezvous; waits set their own
     if addr is None:
         dist.init_process_group(backend, timeout=timeout)
-    else:
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2, timeout=timeout)
+        return
+    store = dist.TCPStore(addr, port, 2, rank == 0, timeout=timeout, wait_for_workers=False,
+                          **({"master_listen_fd": sock.detach()} if sock is not None else {}))  # the store owns it now
+    saved = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
+    try:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
+    finally:
+        if saved is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = saved
 
 
 def _parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -265,6 +284,8 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
     from . import config as configmod
     from .solve_setup import build
 
+    # Ctrl-C reaches the whole process group; rank 0 owns the run and stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = configmod.from_dict(config)
     torch.set_num_threads(threads_per_process(cfg))
     _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
@@ -301,12 +322,13 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     proc = None
     if torchrun_rank() is not None:
         check_torchrun_world()
-        addr, port = None, None
+        addr, port, sock = None, None, None
         alive: Callable[[], bool] = lambda: True
     else:
         # A fresh interpreter, not multiprocessing: spawn would re-run the caller's main module
         # (a notebook or script calling pinnctl.cli.main without a __main__ guard).
-        addr, port = "127.0.0.1", _free_port()
+        sock = _listen_local()
+        addr, port = "127.0.0.1", sock.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-c", "from pinnctl.parallel import worker_entry; worker_entry()",
                                  json.dumps(config_dict), addr, str(port), str(os.getpid())])
         alive = lambda: proc.poll() is None
@@ -316,7 +338,7 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     ok = False
     try:
         try:
-            _init_group(0, backend, addr, port)
+            _init_group(0, backend, addr, port, sock)
         except RuntimeError as e:
             raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
         channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), max_inflight=cfg.parallel.max_inflight,
@@ -332,6 +354,8 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
         ok = True
     finally:
         torch.set_num_threads(threads)
+        if sock is not None:
+            sock.close()
         if proc is not None:
             if ok:
                 try:

@@ -132,18 +132,18 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
     import torch
 
-    from .discovery import discover
+    from .discovery import find
     from .geometry import Box
-    from .problem import load_reference
+    from .problem import reference_of
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/t" not in arrays:
         return None
-    problem = discover().get(config["problem"]).build(**config.get("params", {}))
-    if problem.reference is None or problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
+    problem = find(config["problem"]).build(**config.get("params", {}))
+    if problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
         return None
-    ref = load_reference(problem.reference)
-    if not hasattr(ref, "state_at"):
+    ref = reference_of(problem)
+    if ref is None:
         return None
     (x0, y0), (x1, y1) = problem.domain.lo, problem.domain.hi
     xs, ys = np.linspace(x0, x1, SNAPSHOT_GRID), np.linspace(y0, y1, SNAPSHOT_GRID)
@@ -154,7 +154,9 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     theta = torch.as_tensor(arrays["state/theta"])
     with torch.no_grad():
         u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype))[:, 0].double().numpy()
-    exact = ref.state_at((arrays["control/t"], arrays["control/f"]), pts, **problem.params)
+    exact = ref.state((arrays["control/t"], arrays["control/f"]), pts)
+    if exact is None:
+        return None
     shape = (len(times), SNAPSHOT_GRID, SNAPSHOT_GRID)
     return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times
 
@@ -195,8 +197,19 @@ PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (
     plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_metrics, plot_images)
 
 
+HISTORY_PLOTS = (plot_objective, plot_loss_terms, plot_metrics)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Every figure that applies to this run, written next to its run file."""
+    """Every figure that applies to this run, written next to its run file (a run stopped
+    before its first outer step has no history to draw, only its control and state)."""
+    from . import PinnctlError
+
     data = runs.read(run_dir)
     out = data["path"].parent
-    return [p for p in (fn(data, out) for fn in PLOTS) if p is not None]
+    plots = [fn for fn in PLOTS if data["rows"] > 0 or fn not in HISTORY_PLOTS]
+    paths = [p for p in (fn(data, out) for fn in plots) if p is not None]
+    if not paths:
+        raise PinnctlError(f"run {out} has no outer steps and no saved state yet (status "
+                           f"'{data['attrs'].get('status')}'): nothing to plot")
+    return paths

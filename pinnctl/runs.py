@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -213,3 +214,134 @@ def history_records(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                           if k.startswith(group + "/") and not math.isnan(float(a[i]))}
         out.append(rec)
     return out
+
+
+def history_arrays(path: Path) -> dict[str, np.ndarray]:
+    """/history as flat 'group/name' arrays (what a checkpoint carries, so run.h5 can be rebuilt)."""
+    return dict(read(path)["history"])
+
+
+def rebuild(run_dir: Path, *, config: Mapping[str, Any], history: Mapping[str, Any], j_star: float | None = None) -> Path:
+    """A run file re-created from a checkpoint (config and history rows up to its step), for a
+    run whose run.h5 was deleted or is unreadable; the next checkpoint rewrites /state and /control."""
+    path = create(run_dir, config=config, j_star=j_star)
+    arrays = {k: np.asarray(v, dtype="f8") for k, v in history.items()}
+    rows = min((len(a) for a in arrays.values()), default=0)
+    with _writing(path) as fh:
+        hist = fh["history"]
+        for name, a in arrays.items():
+            group, _, leaf = name.rpartition("/")
+            target = hist.require_group(group) if group else hist
+            target.create_dataset(leaf, data=a[:rows], maxshape=(None,), chunks=(256,), fillvalue=np.nan)
+        hist.attrs["rows"] = rows
+    return path
+
+
+# ----------------------------------------------------------------------------- run folders
+
+LOCK_FILE = "run.lock"
+# What a run writes into its folder (removed by --overwrite; anything else there is left alone).
+ARTEFACTS = (RUN_FILE, "checkpoint.pt", "summary.json", "config.json", "error.txt")
+
+
+def check_out(path: str | Path) -> Path:
+    """A path usable as a run folder, checked without writing anything: not a file, not under one."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is under {part}, which is a file"
+                raise PinnctlError(f"run folder {path} {where}; choose another --out")
+            break
+    return path
+
+
+def default_dir(base: Path) -> Path:
+    """A new folder for a run without --out: ``base``, or ``base-2``, ``base-3``, … when taken
+    (claimed by mkdir, so two runs started in the same second get different folders)."""
+    for i in range(1, 1000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise PinnctlError(f"cannot create run folder {path}: {e.strerror or e}") from None
+    raise PinnctlError(f"no free run folder name next to {base}; pass --out")
+
+
+def _holder(lock: Path) -> str:
+    try:
+        pid = lock.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid else "an unknown process"
+
+
+@contextlib.contextmanager
+def hold(run_dir: str | Path, *, fresh: bool, overwrite: bool = False) -> Iterator[Path]:
+    """The run folder, locked for the life of the run (a second writer gets a one-line error
+    naming the holder's pid; the lock dies with its process, even on SIGKILL).
+
+    ``fresh``: a new run, so the folder must be empty, or, with ``overwrite``, the previous
+    run's files are removed first. A folder this call created is removed again on refusal."""
+    run_dir = check_out(run_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PinnctlError(f"cannot create run folder {run_dir}: {e.strerror or e}; choose another --out") from None
+    fd = _lock(run_dir)
+    ok = False
+    try:
+        if fresh:
+            _make_fresh(run_dir, overwrite)
+        ok = True
+        yield run_dir
+    finally:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)  # unlink while still holding it (see _lock)
+        os.close(fd)
+        if not ok and created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
+def _lock(run_dir: Path) -> int:
+    import fcntl
+
+    lock = run_dir / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PinnctlError(f"cannot write into run folder {run_dir}: {e.strerror or e}; choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PinnctlError(f"run folder {run_dir} is in use by another pinnctl run ({_holder(lock)}); "
+                               "wait for it to finish or choose another --out") from None
+        # The holder unlinks the file before releasing it: a lock on an unlinked file is stale, retry.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _make_fresh(run_dir: Path, overwrite: bool) -> None:
+    present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if not present:
+        return
+    if not overwrite:
+        shown = ", ".join(present[:4]) + (", …" if len(present) > 4 else "")
+        raise PinnctlError(f"run folder {run_dir} is not empty ({shown}); pass --overwrite to replace the run in it, "
+                           f"--resume {run_dir} to continue it, or choose another --out")
+    for name in present:
+        if name in ARTEFACTS or name.endswith(".png") or name.startswith(".checkpoint.pt.tmp"):
+            (run_dir / name).unlink(missing_ok=True)

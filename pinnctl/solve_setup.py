@@ -33,13 +33,13 @@ def check_devices(cfg: Any) -> None:
 
 
 def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
-    from .discovery import discover
+    from .discovery import find
     from .hypergrad import make_method
     from .problem import compile_problem
 
     check_devices(cfg)
     if problem_obj is None:
-        problem_obj = discover().get(cfg.problem).build(**cfg.params)
+        problem_obj = find(cfg.problem).build(**cfg.params)
     estimator = make_method(cfg.method.name, cfg.method.options)
     if hasattr(problem_obj, "compile"):  # non-PDE problems (classification) compile themselves
         problem = problem_obj.compile(seed=cfg.seed)

@@ -129,10 +129,30 @@ def test_killed_worker_stops_run_with_checkpoint(tmp_path, monkeypatch, capsys):
 
 
 def test_hung_worker_times_out(tmp_path, monkeypatch, capsys):
+    """The worker is stopped inside outer step 2. The run's timeout is long, so a worker that is
+    merely slow on a loaded machine is never called hung; the short deadline that must fire is
+    set on rank 0's channel at the moment the worker is stopped."""
+    import pinnctl.parallel as par
+
+    channels = []
+
+    class Recorded(par.Channel):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            channels.append(self)
+
+    monkeypatch.setattr(par, "Channel", Recorded)
+    stop = _signal_worker(signal.SIGSTOP)
+
+    def stop_and_shorten() -> None:
+        stop()
+        (rank0,) = [ch for ch in channels if ch.peer == 1]
+        rank0.timeout_s = 5.0
+
     out = tmp_path / "run"
-    _at_inner_call(monkeypatch, 20 + 3 + 1, _signal_worker(signal.SIGSTOP))
-    assert main([*BASE, "--out", str(out), "--parallel", "--set", "parallel.threads=1", "--set", "parallel.timeout_s=15"]) == 1
-    assert "did not respond within 15 s" in capsys.readouterr().err
+    _at_inner_call(monkeypatch, 20 + 3 + 1, stop_and_shorten)
+    assert main([*BASE, "--out", str(out), "--parallel", "--set", "parallel.threads=1", "--set", "parallel.timeout_s=600"]) == 1
+    assert "did not respond within 5 s" in capsys.readouterr().err
     assert checkpoint.load(out)["outer_step"] == 1
     assert not _workers()
 

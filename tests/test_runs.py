@@ -150,7 +150,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, c
 def test_checkpoint_rejects_pickled_code_and_garbage(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": checkpoint.FORMAT, "x": np.random.default_rng(0)}, path)  # not weights-only
-    with pytest.raises(PinnctlError, match="unreadable or not a pinnctl checkpoint"):
+    with pytest.raises(PinnctlError, match="unreadable, truncated or not a pinnctl checkpoint"):
         checkpoint.load(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(PinnctlError, match="unreadable"):
