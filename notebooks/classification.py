@@ -32,7 +32,7 @@ SIZE = {"n_train": 500, "n_val": 200} if SMOKE else {"n_train": 2000, "n_val": 5
 BUDGET = {"preset": "smoke"} if SMOKE else {"outer": {"steps": 30}}
 
 # %%
-runs = {method: pinnctl.solve("data_cleaning", method, out=f"{OUT}/{method}", params=SIZE, **BUDGET)
+runs = {method: pinnctl.solve("data_cleaning", method, out=f"{OUT}/{method}", params=SIZE, overwrite=True, **BUDGET)
         for method in ("nhgd", "cg", "nbo")}
 
 # %%

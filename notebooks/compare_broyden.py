@@ -39,7 +39,7 @@ if SMOKE:  # a few Broyden iterations exercise the code path
     METHODS = {name: (m, {**o, "threshold": 4} if m == "broyden" else o) for name, (m, o) in METHODS.items()}
 
 # %%
-runs = {name: pinnctl.solve("heat2d", method, seed=0, out=f"{OUT}/{name}", options=opts, **BUDGET)
+runs = {name: pinnctl.solve("heat2d", method, seed=0, out=f"{OUT}/{name}", options=opts, overwrite=True, **BUDGET)
         for name, (method, opts) in METHODS.items()}
 
 # %% [markdown]

@@ -54,7 +54,7 @@ heat1d = PDEProblem(
 
 # %%
 budget = {"preset": "smoke"} if SMOKE else {"pretrain": {"steps": 200}, "outer": {"steps": 12}, "inner": {"steps": 5}}
-run = pinnctl.solve(heat1d, "nhgd", out=f"{OUT}/heat1d", **budget)
+run = pinnctl.solve(heat1d, "nhgd", out=f"{OUT}/heat1d", overwrite=True, **budget)
 run.summary["final_outer_loss"], run.summary["wall_time_s"]
 
 # %% [markdown]
