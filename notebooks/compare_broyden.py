@@ -39,8 +39,16 @@ if SMOKE:  # a few Broyden iterations exercise the code path
     METHODS = {name: (m, {**o, "threshold": 4} if m == "broyden" else o) for name, (m, o) in METHODS.items()}
 
 # %%
-runs = {name: pinnctl.solve("heat2d", method, seed=0, out=f"{OUT}/{name}", options=opts, overwrite=True, **BUDGET)
-        for name, (method, opts) in METHODS.items()}
+def solve(name, method, opts):
+    """A fresh run, or (PINNCTL_REUSE=1: regenerate.py --reuse) the finished one already in OUT."""
+    if os.environ.get("PINNCTL_REUSE") == "1" and os.path.exists(f"{OUT}/{name}/summary.json"):
+        done = pinnctl.load_run(f"{OUT}/{name}")
+        if done.status == "done":
+            return done
+    return pinnctl.solve("heat2d", method, seed=0, out=f"{OUT}/{name}", options=opts, overwrite=True, **BUDGET)
+
+
+runs = {name: solve(name, method, opts) for name, (method, opts) in METHODS.items()}
 
 # %% [markdown]
 # Certified J (thick) and PINN-measured J (thin) against wall-clock; the controls against f*.

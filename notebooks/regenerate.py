@@ -2,6 +2,7 @@
 
     python notebooks/regenerate.py            # real (short) runs; writes notebooks/*.ipynb with outputs
     python notebooks/regenerate.py --smoke    # tiny budgets, outputs discarded (what the tests do)
+    python notebooks/regenerate.py --reuse compare_broyden   # keep its finished runs (after a later cell failed)
 
 The ``.py`` files (py:percent) are the sources; the ``.ipynb`` files are what users open, with
 the outputs of the last real run. Runs go to runs/notebook-* under the working directory.
@@ -18,13 +19,14 @@ HERE = Path(__file__).resolve().parent
 NOTEBOOKS = ("compare_broyden", "define_a_problem", "classification")
 
 
-def execute(name: str, *, smoke: bool, workdir: Path, timeout: int = 3600):
-    """The notebook ``name`` built from its source and executed in ``workdir``."""
+def execute(name: str, *, smoke: bool, workdir: Path, timeout: int = 3600, reuse: bool = False):
+    """The notebook ``name`` built from its source and executed in ``workdir`` (``reuse``: a
+    notebook that supports it keeps the finished runs of an earlier execution)."""
     import jupytext
     from nbclient import NotebookClient
 
     nb = jupytext.read(HERE / f"{name}.py")
-    env = {"PINNCTL_SMOKE": "1" if smoke else "0"}
+    env = {"PINNCTL_SMOKE": "1" if smoke else "0", "PINNCTL_REUSE": "1" if reuse else "0"}
     if smoke:
         env["PINNCTL_NOTEBOOK_OUT"] = str(workdir / f"runs-{name}")
     old = {k: os.environ.get(k) for k in env}
@@ -62,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(NOTEBOOKS), help="notebooks to build (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets; do not write the .ipynb files")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier execution (where supported)")
     args = parser.parse_args(argv)
     import jupytext
 
     for name in args.names:
-        nb = execute(name, smoke=args.smoke, workdir=Path.cwd())
+        nb = execute(name, smoke=args.smoke, workdir=Path.cwd(), reuse=args.reuse)
         if not args.smoke:
             tidy(nb)
             jupytext.write(nb, HERE / f"{name}.ipynb")
