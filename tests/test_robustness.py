@@ -153,7 +153,7 @@ ROWS = [
         prepare=_truncate_checkpoint(None)),
     Row("resume-empty-checkpoint", ["solve", "--resume", "{run}", "--quiet"], "is empty", prepare=_truncate_checkpoint(0)),
     # --- raw tracebacks before ---
-    Row("negative-outer-lr", [*HEAT, "--set", "outer.lr=-1"], "'outer.lr' must be > 0"),
+    Row("negative-outer-lr", [*HEAT, "--set", "outer.lr=-1"], "'outer.lr' must be ≥ 0"),
     Row("param-wrong-type", [*HEAT, "--set", "params.nu=abc"], "parameter 'nu' expects float"),
     Row("huge-seed", [*HEAT, "--seed", "99999999999999999999999"], "'seed' must be an integer in"),
     Row("config-is-directory", [*HEAT, "--config", "cfgdir"], "is a directory", prepare=_config_dir),
