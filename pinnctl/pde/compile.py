@@ -164,8 +164,8 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
             raise PinnctlError(f"{label}: points() gave shape {tuple(p.shape)}; need (N ≥ 1, {n_in} + extra columns)")
         try:
             with torch.no_grad():
-                rec = ChannelRecorder(p[:4, :n_in], time_axis, space_dims, outputs)
-                run_residual(cname, rec, theta0, v0, p[:4])
+                rec = ChannelRecorder(p[:, :n_in], time_axis, space_dims, outputs)
+                run_residual(cname, rec, theta0, v0, p)
                 channels[cname] = rec.channels()
                 jet = jet_forward(problem.state, theta0, p[:, :n_in], channels[cname])
                 components[cname] = _check_components(run_residual(cname, JetOps(jet, time_axis, space_dims, outputs),
