@@ -193,7 +193,7 @@ def test_user_problem_with_its_own_reference_is_listed_solved_and_certified(tmp_
     assert main(["solve", "mine", "--preset", "smoke", "--method", "nhgd", "--quiet", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     with h5py.File(out / "run.h5") as f:
-        v = f["control/v"][()]
+        v = f["control/v"][()].astype(np.float64)
         cert = f["history/certified/grid"][()]
     j = (v[0] - 1.0) ** 2 * np.mean((np.linspace(0, 1, 11) * (1 - np.linspace(0, 1, 11)) / 2) ** 2)
     assert summary["J_star_grid"] == 0.0 and summary["certified"]["grid"] == pytest.approx(j, rel=1e-9)
