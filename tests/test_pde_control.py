@@ -198,3 +198,20 @@ def test_user_problem_with_its_own_reference_is_listed_solved_and_certified(tmp_
     j = (v[0] - 1.0) ** 2 * np.mean((np.linspace(0, 1, 11) * (1 - np.linspace(0, 1, 11)) / 2) ** 2)
     assert summary["J_star_grid"] == 0.0 and summary["certified"]["grid"] == pytest.approx(j, rel=1e-9)
     assert cert[-1] == pytest.approx(j, rel=1e-9) and "max" in summary["certified"]
+
+
+def test_flux_objective_on_a_boundary_part():
+    """Tracking ∂u/∂x on the face x = hi of a square (Part points), against autograd."""
+    from pinnctl.problem import Part
+
+    p = PDEProblem(name="flux", domain=Box([0, 0], [1, 1]), time=None,
+                   conditions={"pde": Interior(lambda x, u, f, ops: ops.laplacian(u, x), n=8)},
+                   state=MLP([2, 6, 1]), control=VectorControl(1),
+                   objective=Tracking(lambda x: x[:, 1], Part("x=hi", n_per_side=16), of=lambda x, u, ops: ops.dx(u, x, 0)))
+    prob = compile_problem(p, seed=0, dtype=torch.float64)
+    from pinnctl.problem import objective_points
+
+    x = torch.as_tensor(objective_points(p)).requires_grad_(True)
+    assert x.shape == (16, 2) and bool((x[:, 0] == 1).all())
+    du = torch.autograd.grad(p.state.forward(prob.theta0, x)[:, 0].sum(), x)[0][:, 0]
+    torch.testing.assert_close(prob.outer_loss(prob.theta0, prob.v0), ((du - x[:, 1].detach()) ** 2).mean())

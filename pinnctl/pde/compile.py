@@ -22,7 +22,8 @@ from .. import PinnctlError
 from ..core import Batch, BilevelProblem
 from ..nets import Channels, Jet, jet_forward
 from .conditions import At, ControlRef
-from .declare import Grid, PDEProblem, Tracking
+from .conditions import boundary_samples
+from .declare import Grid, Part, PDEProblem, Tracking
 from .kfac import pde_kfac_factors
 from .reference import ControlVector, FieldSamples, Reference, TimeSamples, as_reference
 from .taylor import ChannelRecorder, Fields, JetOps
@@ -63,6 +64,8 @@ def objective_points(problem: PDEProblem) -> np.ndarray:
     pts = problem.objective.points
     if isinstance(pts, Grid):
         return grid_points(problem.domain, problem.time, pts.shape)
+    if isinstance(pts, Part):
+        return boundary_samples(problem.domain, problem.time, pts.where, pts.n_per_side, pts.seed, "scipy", normals=False)
     return np.asarray(pts.x, dtype=np.float64)
 
 

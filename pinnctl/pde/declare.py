@@ -215,13 +215,23 @@ class Points:
 
 
 @dataclass(frozen=True)
+class Part:
+    """Objective points on a boundary part (``where`` as for Boundary: a face name, a list, a
+    predicate), n_per_side Sobol points per face × time, drawn once with ``seed``."""
+
+    where: Any = None
+    n_per_side: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Tracking:
     """Outer objective: mean over the points of (q − target)², q = the state output ``output``
     (or ``of(x, u, ops)``, e.g. a flux ``lambda x, u, ops: ops.dx(u, x, 0)``), plus
     α·mean f² (``control_weight``)."""
 
     target: Callable[[Tensor], Tensor]
-    points: Union[Grid, Points]
+    points: Union[Grid, Points, Part]
     control_weight: float = 0.0
     output: str | None = None
     of: Callable[..., Tensor] | None = None
@@ -232,7 +242,7 @@ class Functional:
     """General outer objective: fn(x, u, f) -> scalar, with u (Fields for a system) and f on the points."""
 
     fn: Callable[[Tensor, Any, Any], Tensor]
-    points: Union[Grid, Points]
+    points: Union[Grid, Points, Part]
 
 
 Objective = Union[Tracking, Functional]
