@@ -84,6 +84,10 @@ class _NetControl:
         v[-self.net.n_out :] = float(value)
         return v
 
+    def vector(self, v: Tensor) -> Tensor:
+        """What penalties and ControlVector references see: the net's parameters."""
+        return v
+
 
 @dataclass(frozen=True)
 class TimeControl(_NetControl):
@@ -184,8 +188,10 @@ def control_params(control: Control, seed: int) -> Tensor:
     return control.init(seed)
 
 
-def constant_control(control: Control, value: float) -> Tensor:
-    """Control parameters that make f ≡ value."""
+def constant_control(control: Control | Mapping[str, Control], value: float) -> Tensor:
+    """Control parameters (the flat v, for named controls) that make every control ≡ value."""
+    if isinstance(control, Mapping):
+        return torch.cat([c.constant(value) for c in control.values()])
     return control.constant(value)
 
 
