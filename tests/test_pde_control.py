@@ -215,3 +215,17 @@ def test_flux_objective_on_a_boundary_part():
     assert x.shape == (16, 2) and bool((x[:, 0] == 1).all())
     du = torch.autograd.grad(p.state.forward(prob.theta0, x)[:, 0].sum(), x)[0][:, 0]
     torch.testing.assert_close(prob.outer_loss(prob.theta0, prob.v0), ((du - x[:, 1].detach()) ** 2).mean())
+
+
+@pytest.mark.parametrize("name", ["tiny_heat", "system"])
+def test_compile_creates_every_tensor_on_the_requested_device(name):
+    """On the meta device any tensor made without device= would be a CPU tensor and mix (error)."""
+    from conftest import tiny_heat
+
+    problem = tiny_heat() if name == "tiny_heat" else system_problem()
+    prob = compile_problem(problem, seed=0, device="meta", dtype=torch.float64)
+    batch = prob.sample(0)
+    assert prob.theta0.device.type == prob.v0.device.type == "meta" and prob.theta0.dtype == torch.float64
+    assert all(x.device.type == "meta" for x in batch.values())
+    assert all(t.device.type == "meta" for t in prob.inner_terms(prob.theta0, prob.v0, batch).values())
+    assert prob.outer_loss(prob.theta0, prob.v0).device.type == "meta"
