@@ -117,7 +117,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     from .solve_setup import sampling_config
 
     problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
-    v = constant_control(problem_obj.control, cfg.forward.control)
+    v = constant_control(problem_obj.control, cfg.forward.control).to(problem.v0)
     state = InnerState.create(problem.theta0, cfg.pretrain)
     progress, close = Progress(quiet).pretrain(cfg.pretrain.steps)
     start = time.perf_counter()
