@@ -22,16 +22,37 @@ class PinnctlWarning(UserWarning):
 
 # The Python API (pinnctl.api), imported on first use so that `import pinnctl` stays cheap.
 _API = ("solve", "load_run", "compare", "problems", "reference", "Run", "Comparison", "History")
+# API names that are also subpackages (bundled problems, reference solvers): importing a
+# subpackage sets it as this attribute, so those packages are callable (see ``_callable_package``).
+_SUBPACKAGES = ("problems", "reference")
 __all__ = ["PinnctlError", "PinnctlWarning", "RunError", "__version__", *_API]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from . import api
+    import importlib
 
-        return getattr(api, name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
     raise AttributeError(f"module 'pinnctl' has no attribute '{name}'")
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
+
+
+def _callable_package(module_name: str, api_name: str) -> None:
+    """Make the package ``module_name`` callable as ``pinnctl.api.<api_name>``, so that
+    ``pinnctl.problems()`` and ``pinnctl.reference(...)`` work whether or not the subpackage
+    was imported (which rebinds the attribute to the package)."""
+    import sys
+    import types
+
+    def call(self, *args, **kwargs):
+        from . import api
+
+        return getattr(api, api_name)(*args, **kwargs)
+
+    module = sys.modules[module_name]
+    module.__class__ = type("CallablePackage", (types.ModuleType,), {"__call__": call, "__doc__": module.__doc__})

@@ -71,6 +71,7 @@ class Progress:
         return progress, bar.close
 
     def outer(self, rec: Any, j_star: float | None, first: int, total: int, measure: str = "grid") -> None:
+        """One finished outer step (``first`` is where a resumed run started)."""
         if self.quiet:
             return
         line = format_record(rec, j_star, measure)
@@ -83,6 +84,7 @@ class Progress:
         self.bar.set_postfix_str(line.split("  loss ")[0], refresh=True)
 
     def close(self) -> None:
+        """Close the outer-step bar (a no-op in a terminal)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -115,7 +117,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     from .solve_setup import sampling_config
 
     problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
-    v = constant_control(problem_obj.control, cfg.forward.control)
+    v = constant_control(problem_obj.control, cfg.forward.control).to(problem.v0)
     state = InnerState.create(problem.theta0, cfg.pretrain)
     progress, close = Progress(quiet).pretrain(cfg.pretrain.steps)
     start = time.perf_counter()
@@ -499,7 +501,7 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
         problem_obj = _discover_problem(cfg.problem, cfg.params)
     setup = compile_setup(cfg, problem_obj, snap, resume) if cfg.method.name not in SOLVE_MODES else None
     _print(f"pinnctl solve {cfg.problem} --method {cfg.method.name} (preset {preset})", quiet=quiet)
-    _print("config: " + configmod.to_json(cfg), quiet=quiet)
+    _print("config: " + configmod.to_json(cfg), quiet=quiet or in_notebook())  # notebooks: Run.config has it
     from . import runs
 
     run_dir = Path(resume) if snap is not None else create_run_dir(cfg, out)
@@ -630,6 +632,7 @@ class Run:
 
     @property
     def status(self) -> str:
+        """running, done, interrupted, diverged or failed (from the run file)."""
         return str(self._data()["attrs"].get("status", "unknown"))
 
     @property
@@ -720,9 +723,7 @@ def compare(runs: list[Any], target: float = 1.05, out: str | Path | None = None
     """Table and figure for several runs of one problem: certified J against wall-clock, controls
     against f*, time to reach ``target``·J*. ``runs`` are Run objects or run directories; the
     figure goes to ``out`` (default: compare.png beside the first run) with the table as JSON."""
-    import importlib
-
-    cmp = importlib.import_module(".compare", __package__)  # `from . import compare` may get pinnctl.compare, this function
+    from . import comparison as cmp
 
     loaded = [cmp.load_run(r.path if isinstance(r, Run) else r) for r in runs]
     if not loaded:

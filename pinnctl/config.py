@@ -265,14 +265,16 @@ def validate(cfg: Config, *, bilevel: bool = True) -> None:
     for key in ("seed", "sampling.seed"):
         value = get_key(cfg, key)
         _check(0 <= value <= SEED_MAX, key, value, f"an integer in [0, {SEED_MAX}]")
-    positive = ["pretrain.lr"] + (["inner.lr", "outer.lr", "inner.steps", "outer.steps"] if bilevel else [])
+    positive = ["pretrain.lr"] + (["inner.lr", "inner.steps", "outer.steps"] if bilevel else [])
     for key in positive:
         value = get_key(cfg, key)
         _check(value > 0, key, value, "> 0")
-    for key in ("pretrain.steps", "checkpoint_every", "certify_every", "inner.radius", "inner.damping", "outer.clip"):
+    zero_means = {"checkpoint_every": "disables", "certify_every": "disables", "inner.radius": "disables",
+                  "outer.clip": "disables", "outer.lr": "freezes the control: a baseline"}
+    for key in ("pretrain.steps", "checkpoint_every", "certify_every", "inner.radius", "inner.damping", "outer.clip",
+                "outer.lr"):
         value = get_key(cfg, key)
-        _check(value >= 0, key, value, "≥ 0" + (" (0 disables)" if key in ("checkpoint_every", "certify_every",
-                                                                           "inner.radius", "outer.clip") else ""))
+        _check(value >= 0, key, value, "≥ 0" + (f" (0 {zero_means[key]})" if key in zero_means else ""))
     for key, known in (("inner.optimizer", sorted(OPTIMIZERS)), ("outer.optimizer", _outer_optimizers())):
         value = get_key(cfg, key)
         _check(value in known, key, value, f"one of {', '.join(known)}")

@@ -9,7 +9,7 @@ from .nets import MLP
 from .pde.compile import DEFAULT_TIME_SAMPLES, SamplingConfig, compile_problem, objective_points, sample_conditions
 from .pde.conditions import CONTROL, At, Boundary, Condition, ControlRef, Data, Initial, Interior, Neumann, Robin
 from .pde.declare import (
-    Basis, Control, FieldControl, Functional, Grid, Objective, PDEProblem, PiecewiseLinear, Points, TimeControl,
+    Basis, Control, FieldControl, Functional, Grid, Objective, Part, PDEProblem, PiecewiseLinear, Points, TimeControl,
     Tracking, VectorControl, constant_control, control_params, control_values, relu_penalty, tikhonov,
 )
 from .pde.kfac import combine_kfac_terms, kfac_expand_factors, layer_inputs_and_grads, pde_kfac_factors
@@ -21,7 +21,7 @@ from .pde.taylor import ChannelRecorder, Fields, JetOps
 __all__ = [
     "Box", "DeepXDEGeometry", "MLP", "DEFAULT_TIME_SAMPLES", "SamplingConfig", "compile_problem", "objective_points",
     "sample_conditions", "CONTROL", "At", "Boundary", "Condition", "ControlRef", "Data", "Initial", "Interior", "Neumann",
-    "Robin", "Basis", "Control", "FieldControl", "Functional", "Grid", "Objective", "PDEProblem", "PiecewiseLinear",
+    "Robin", "Basis", "Control", "FieldControl", "Functional", "Grid", "Objective", "Part", "PDEProblem", "PiecewiseLinear",
     "Points", "TimeControl", "Tracking", "VectorControl", "constant_control", "control_params", "control_values",
     "relu_penalty", "tikhonov", "combine_kfac_terms", "kfac_expand_factors", "layer_inputs_and_grads",
     "pde_kfac_factors", "ControlVector", "FieldSamples", "Optimum", "Reference", "TimeSamples", "as_reference",

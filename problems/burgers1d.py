@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from pinnctl import PinnctlError
 from pinnctl.geometry import Box
 from pinnctl.nets import MLP
 from pinnctl.problem import CONTROL, Boundary, FieldControl, Initial, Interior, PDEProblem, Points, Tracking
@@ -10,6 +11,8 @@ from pinnctl.reference import burgers1d as ref
 
 
 def make(nu: float = 0.05) -> PDEProblem:
+    if not nu > 0:
+        raise PinnctlError(f"burgers1d: nu must be > 0 (a viscosity); got {nu}")
     z = ref.target(nu)  # u(x, T) reached from g*(x) = -sin(pi x), by the reference solver
 
     def target(x):

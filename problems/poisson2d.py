@@ -2,6 +2,7 @@
 
 import torch
 
+from pinnctl import PinnctlError
 from pinnctl.geometry import DeepXDEGeometry, deepxde
 from pinnctl.nets import MLP
 from pinnctl.problem import Boundary, FieldControl, Interior, PDEProblem, Points, Tracking
@@ -13,6 +14,8 @@ def target(x):
 
 
 def make(alpha: float = 0.0) -> PDEProblem:
+    if not alpha >= 0:
+        raise PinnctlError(f"poisson2d: alpha must be >= 0 (a control cost weight); got {alpha}")
     def residual(x, u, f, ops):  # -Δu - f = 0
         return -ops.laplacian(u, x) - f
 

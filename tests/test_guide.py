@@ -20,7 +20,8 @@ def test_guide_walkthrough_runs_verbatim(tmp_path):
     text = GUIDE.read_text()
     files = blocks(text, "file")
     commands = [body for _, body in blocks(text, "run")]
-    assert [name for name, _ in files] == ["problems/heat1d.py"] and len(commands) == 3
+    assert [name for name, _ in files] == ["problems/heat1d.py", "problems/plate.py", "problems/osc.py"]
+    assert len(commands) == 5
     for name, body in files:
         assert len(body.splitlines()) <= 40  # the promise: a problem in ≤ 40 lines
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,18 @@ def test_guide_walkthrough_runs_verbatim(tmp_path):
     assert "outer   10" in outputs[1].stdout
     for png in ("objective.png", "loss_terms.png", "control.png"):
         assert (tmp_path / "runs" / "heat1d" / png).stat().st_size > 10_000
+    # the boundary control: certified through the file's own reference, and it falls below J(v = 0)
+    import json
+
+    import numpy as np
+
+    plate = json.loads((tmp_path / "runs" / "plate" / "summary.json").read_text())
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11), indexing="ij"), -1).reshape(-1, 2)
+    k = np.array([1, 2])
+    z = (np.sin(np.pi * np.outer(grid[:, 0], k)) * np.sinh(np.pi * np.outer(grid[:, 1], k)) / np.sinh(np.pi * k)) @ [1, -0.5]
+    assert plate["J_star_grid"] == 0.0 and plate["certified"]["grid"] < 0.9 * np.mean(z**2)
+    # the system: one loss term per residual component
+    assert "pde.a=" in outputs[4].stdout and "pde.b=" in outputs[4].stdout
 
 
 def test_template_builds_and_compiles():
@@ -50,4 +63,4 @@ def test_template_builds_and_compiles():
     spec.loader.exec_module(module)
     prob = compile_problem(module.make(nu=0.2), seed=0)
     loss = prob.inner_loss(prob.theta0, prob.v0, prob.sample(0))
-    assert torch.isfinite(loss) and set(prob.inner_terms(prob.theta0, prob.v0, prob.sample(0))) == {"pde", "boundary", "initial"}
+    assert torch.isfinite(loss) and set(prob.inner_terms(prob.theta0, prob.v0, prob.sample(0))) == {"pde", "left", "right", "initial"}

@@ -8,12 +8,13 @@ import pytest
 
 from pinnctl.cli import main
 
-PDE_PROBLEMS = ["heat2d", "heat2d_field", "burgers1d", "poisson2d"]
+PDE_PROBLEMS = ["heat2d", "heat2d_field", "burgers1d", "poisson2d", "laplace_bc", "laplace_flux"]
 PDE_METHODS = {
     "nhgd": [], "broyden": ["method.options.variant=fast"], "neumann": ["method.options.terms=5"],
     "cg": ["method.options.maxiter=5"], "exact": ["method.options.maxiter=20"], "nbo": ["method.options.steps=5"],
 }
-FAST = [("burgers1d", "broyden"), ("poisson2d", "neumann"), ("heat2d_field", "cg"), ("burgers1d", "exact"), ("heat2d", "nbo")]
+FAST = [("burgers1d", "broyden"), ("poisson2d", "neumann"), ("heat2d_field", "cg"), ("burgers1d", "exact"), ("heat2d", "nbo"),
+        ("laplace_bc", "nhgd"), ("laplace_flux", "broyden")]
 MATRIX = [(p, m) for p in PDE_PROBLEMS for m in PDE_METHODS if (p, m) not in FAST]
 
 

@@ -1,5 +1,6 @@
-"""Hypergradient estimators, registered by name (see ``base.register``)."""
+"""Hypergradient estimators, one module per method, registered by name (see ``base.register``)."""
 
-from .base import Estimator, StepInfo, known_methods, make_method, register
+from ..core import HyperResult
+from .base import Estimator, StepInfo, batch_id, known_methods, make_method, register
 
-__all__ = ["Estimator", "StepInfo", "known_methods", "make_method", "register"]
+__all__ = ["Estimator", "HyperResult", "StepInfo", "batch_id", "known_methods", "make_method", "register"]

@@ -135,9 +135,11 @@ def kron_inverse_apply(A: Tensor, B: Tensor, V: Tensor, damping: float) -> Tenso
     return kron_eig_apply(kron_eig(A, B), V, damping)
 
 
-def random_start(dim: int, seed: int) -> Tensor:
-    """A power iteration's start vector: seeded, so runs repeat."""
-    return torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+def random_start(like: Tensor, seed: int) -> Tensor:
+    """A power iteration's start vector, shaped and placed like ``like`` (float64): seeded on the
+    CPU generator, so runs repeat on any device."""
+    x = torch.randn(like.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x.to(like.device)
 
 
 def power_iteration(matvec: Callable[[Tensor], Tensor], x0: Tensor, iterations: int) -> tuple[float, Tensor]:

@@ -124,7 +124,7 @@ class _Newton:
         few products per outer step track a slowly changing curvature."""
         if self.opts.eta > 0:
             return self.opts.eta
-        x0 = self.power_vector if self.power_vector is not None else random_start(curv.grad.numel(), step)
+        x0 = self.power_vector if self.power_vector is not None else random_start(curv.grad, step)
         self.lambda_max, self.power_vector = power_iteration(lambda x: curv.matmat(x[:, None])[:, 0], x0,
                                                              self.opts.power_iterations)
         return 1.0 / self.lambda_max if self.lambda_max > 0 else 1.0

@@ -35,7 +35,7 @@ class Neumann(LastBatch):
             phi = o.phi
             info: dict[str, float] = {}
             if phi == 0.0:
-                lam = power_iteration(matvec, random_start(b.numel(), step), o.power_iterations)[0]
+                lam = power_iteration(matvec, random_start(b, step), o.power_iterations)[0]
                 phi = 1.0 / lam if lam > 0 else 1.0
                 info["lambda_max"] = lam
             w = neumann_series(matvec, b, o.terms, phi)

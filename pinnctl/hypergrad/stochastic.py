@@ -80,7 +80,7 @@ class _HVPMethod:
 
         if self.eta is None:
             op = curvature_operator(problem, theta, v, self._batch(problem, step, 0))
-            lam = power_iteration(op.matvec, random_start(b.numel(), step), self.opts.power_iterations)[0]
+            lam = power_iteration(op.matvec, random_start(b, step), self.opts.power_iterations)[0]
             self.eta = 1.0 / lam if lam > 0 else 1.0
         w = self.solve(H, b, step)
         lw = sum(cross_vjp(problem, theta, v, self._batch(problem, step, CROSS_K0 + m), w.to(theta.dtype))

@@ -22,7 +22,8 @@ from .. import PinnctlError
 from ..core import Batch, BilevelProblem
 from ..nets import Channels, Jet, jet_forward
 from .conditions import At, ControlRef
-from .declare import Grid, PDEProblem, Tracking
+from .conditions import boundary_samples
+from .declare import Grid, Part, PDEProblem, Tracking
 from .kfac import pde_kfac_factors
 from .reference import ControlVector, FieldSamples, Reference, TimeSamples, as_reference
 from .taylor import ChannelRecorder, Fields, JetOps
@@ -63,6 +64,8 @@ def objective_points(problem: PDEProblem) -> np.ndarray:
     pts = problem.objective.points
     if isinstance(pts, Grid):
         return grid_points(problem.domain, problem.time, pts.shape)
+    if isinstance(pts, Part):
+        return boundary_samples(problem.domain, problem.time, pts.where, pts.n_per_side, pts.seed, "scipy", normals=False)
     return np.asarray(pts.x, dtype=np.float64)
 
 
@@ -100,7 +103,7 @@ class _Controls:
 
     def vectors(self, v: Tensor) -> Any:
         """The control vector(s) penalties see: bounded values of vector controls, raw net parameters."""
-        vec = {n: getattr(c, "vector", lambda w: w)(v[self.slices[n]]) for n, c in self.items.items()}
+        vec = {n: c.vector(v[self.slices[n]]) for n, c in self.items.items()}
         return next(iter(vec.values())) if len(vec) == 1 else Fields(vec)
 
 
@@ -164,8 +167,8 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
             raise PinnctlError(f"{label}: points() gave shape {tuple(p.shape)}; need (N ≥ 1, {n_in} + extra columns)")
         try:
             with torch.no_grad():
-                rec = ChannelRecorder(p[:4, :n_in], time_axis, space_dims, outputs)
-                run_residual(cname, rec, theta0, v0, p[:4])
+                rec = ChannelRecorder(p[:, :n_in], time_axis, space_dims, outputs)
+                run_residual(cname, rec, theta0, v0, p)
                 channels[cname] = rec.channels()
                 jet = jet_forward(problem.state, theta0, p[:, :n_in], channels[cname])
                 components[cname] = _check_components(run_residual(cname, JetOps(jet, time_axis, space_dims, outputs),
@@ -247,7 +250,7 @@ def _outer_loss(problem: PDEProblem, controls: _Controls, device: torch.device, 
     tracking = isinstance(objective, Tracking)
     single = len(controls.items) == 1
     sole = next(iter(controls.items))
-    of = getattr(objective, "of", None)
+    of = objective.of if tracking else None
     try:
         target = objective.target(obj_x).reshape(-1).to(dtype) if tracking else None
         if target is not None and target.numel() != obj_x.shape[0]:
@@ -317,8 +320,8 @@ def _certification(problem: PDEProblem, controls: _Controls, ref: Reference | No
     of a time control that run files store (the reference's times, when it declares them)."""
     where = f"problem '{problem.name}', reference"
     rep = ref.control if ref is not None else None
-    name = controls.name(ControlRef(getattr(rep, "control", None)))
-    if rep is not None and getattr(rep, "control", None) is not None and rep.control not in controls.items:
+    name = controls.name(ControlRef(rep.control if rep is not None else None))
+    if rep is not None and rep.control is not None and rep.control not in controls.items:
         raise PinnctlError(f"{where}: wants control '{rep.control}'; controls: {', '.join(controls.items)}")
 
     def at_times(t: np.ndarray, cname: str) -> Callable[[Tensor], tuple[np.ndarray, np.ndarray]]:
@@ -347,7 +350,7 @@ def _certification(problem: PDEProblem, controls: _Controls, ref: Reference | No
             return torch.cat(vals).double().cpu().numpy()
     elif isinstance(rep, ControlVector):
         def encode(v: Tensor) -> np.ndarray:
-            vec = v if name is None else getattr(controls.items[name], "vector", lambda w: w)(v[controls.slices[name]])
+            vec = v if name is None else controls.items[name].vector(v[controls.slices[name]])
             return vec.detach().double().cpu().numpy()
 
         size = encode(v0).size
@@ -357,7 +360,7 @@ def _certification(problem: PDEProblem, controls: _Controls, ref: Reference | No
     control_samples = encode if isinstance(rep, TimeSamples) else None
     if control_samples is None and problem.time is not None and len(controls.items) == 1:
         sole = next(iter(controls.items))
-        if getattr(controls.items[sole], "inputs", None) == "time":
+        if controls.items[sole].inputs == "time":
             t0, t1 = problem.time
             control_samples = at_times(np.linspace(t0, t1, DEFAULT_TIME_SAMPLES), sole)
     certify = None if ref is None else (lambda v: ref.certify(encode(v)))

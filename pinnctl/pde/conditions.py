@@ -58,6 +58,8 @@ class At:
         n = self.x.shape[0]
         if isinstance(value, ControlRef):
             f = self.f
+            if isinstance(f, Fields):
+                raise PinnctlError(f"value=CONTROL is ambiguous with controls {', '.join(f)}; name one: ControlRef('{next(iter(f))}')")
             if not isinstance(f, Tensor) or f.dim() != 1 or f.shape[0] != n:
                 got = f.numel() if isinstance(f, Tensor) else type(f).__name__
                 raise PinnctlError(f"control '{self.control}' gives {got} values for {n} points; a VectorControl needs "

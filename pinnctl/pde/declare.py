@@ -84,6 +84,10 @@ class _NetControl:
         v[-self.net.n_out :] = float(value)
         return v
 
+    def vector(self, v: Tensor) -> Tensor:
+        """What penalties and ControlVector references see: the net's parameters."""
+        return v
+
 
 @dataclass(frozen=True)
 class TimeControl(_NetControl):
@@ -184,8 +188,10 @@ def control_params(control: Control, seed: int) -> Tensor:
     return control.init(seed)
 
 
-def constant_control(control: Control, value: float) -> Tensor:
-    """Control parameters that make f ≡ value."""
+def constant_control(control: Control | Mapping[str, Control], value: float) -> Tensor:
+    """Control parameters (the flat v, for named controls) that make every control ≡ value."""
+    if isinstance(control, Mapping):
+        return torch.cat([c.constant(value) for c in control.values()])
     return control.constant(value)
 
 
@@ -215,13 +221,23 @@ class Points:
 
 
 @dataclass(frozen=True)
+class Part:
+    """Objective points on a boundary part (``where`` as for Boundary: a face name, a list, a
+    predicate), n_per_side Sobol points per face × time, drawn once with ``seed``."""
+
+    where: Any = None
+    n_per_side: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Tracking:
     """Outer objective: mean over the points of (q − target)², q = the state output ``output``
     (or ``of(x, u, ops)``, e.g. a flux ``lambda x, u, ops: ops.dx(u, x, 0)``), plus
     α·mean f² (``control_weight``)."""
 
     target: Callable[[Tensor], Tensor]
-    points: Union[Grid, Points]
+    points: Union[Grid, Points, Part]
     control_weight: float = 0.0
     output: str | None = None
     of: Callable[..., Tensor] | None = None
@@ -232,7 +248,7 @@ class Functional:
     """General outer objective: fn(x, u, f) -> scalar, with u (Fields for a system) and f on the points."""
 
     fn: Callable[[Tensor, Any, Any], Tensor]
-    points: Union[Grid, Points]
+    points: Union[Grid, Points, Part]
 
 
 Objective = Union[Tracking, Functional]

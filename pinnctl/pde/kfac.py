@@ -64,6 +64,7 @@ def pde_kfac_factors(
     weights: dict[str, float], theta: Tensor, v: Tensor, batch: Batch,
 ) -> list[tuple[Tensor, Tensor]]:
     """Per-layer K-FAC factors of the Gauss–Newton matrix of Σ_terms w·mean(r²)."""
+    theta = theta.detach().requires_grad_(True)  # the layer outputs must be in a graph, whatever the caller passed
     terms = []
     for cname, p in batch.items():
         comps, jet = condition_residual(cname, theta, v, p, record=True)

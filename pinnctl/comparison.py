@@ -118,8 +118,9 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
         ax2.plot(optimum.t, optimum.f, "k--", lw=1.5, label="f* (exact)")
     ax1.set(xlabel="wall-clock [s]", ylabel="objective (grid measure)", title="objective vs wall-clock")
     ax2.set(xlabel="t", ylabel="f(t)", title="control")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
