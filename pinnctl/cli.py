@@ -115,7 +115,8 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     if problem_obj.reference is not None:
         pts = objective_points(problem_obj)
         with torch.no_grad():
-            u = problem_obj.state.forward(state.theta.detach(), torch.as_tensor(pts, dtype=torch.float32))[:, 0].double().numpy()
+            x = torch.as_tensor(pts, dtype=torch.float32, device=state.theta.device)
+            u = problem_obj.state.forward(state.theta.detach(), x)[:, 0].double().cpu().numpy()
         c = float(cfg.forward.control)
         exact = load_reference(problem_obj.reference).state_at(lambda t: np.full_like(t, c), pts, **problem_obj.params)
         summary["rel_l2_error"] = float(np.linalg.norm(u - exact) / np.linalg.norm(exact))

@@ -74,7 +74,7 @@ class Config:
     problem: str = "heat2d"
     seed: int = 0
     device: str = "cpu"
-    curvature_device: str = "cpu"
+    curvature_device: str = ""  # the NHGD curvature / the --parallel worker; "" = the same as device
     certify_every: int = 1  # certified J (reference solver) every N outer steps; 0 disables
     checkpoint_every: int = 10  # atomic checkpoint every N outer steps (and at the end, on Ctrl-C, on divergence)
     params: dict[str, Any] = field(default_factory=dict)  # problem parameters (e.g. nu)

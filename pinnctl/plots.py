@@ -148,9 +148,9 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     times = [t0 + s * (t1 - t0) for s in SNAPSHOT_TIMES]
     X, Y = np.meshgrid(xs, ys, indexing="ij")
     pts = np.concatenate([np.stack([X.ravel(), Y.ravel(), np.full(X.size, t)], axis=1) for t in times])
-    theta = torch.as_tensor(arrays["state/theta"])
+    theta = torch.as_tensor(arrays["state/theta"], device="cpu")  # host-side figure work
     with torch.no_grad():
-        u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype))[:, 0].double().numpy()
+        u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype, device=theta.device))[:, 0].double().cpu().numpy()
     exact = ref.state_at((arrays["control/t"], arrays["control/f"]), pts, **problem.params)
     shape = (len(times), SNAPSHOT_GRID, SNAPSHOT_GRID)
     return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times

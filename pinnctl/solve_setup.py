@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from . import PinnctlError
 from .hypergrad.base import Estimator
 from .core import BilevelProblem
@@ -24,25 +26,34 @@ def sampling_config(cfg: Any) -> SamplingConfig:
 
 
 def check_devices(cfg: Any) -> None:
-    """The transport already picks NCCL for two CUDA devices (pinnctl.parallel), but the problem
-    compilers still create every tensor on the CPU: refuse GPU devices rather than pretend."""
-    for key in ("device", "curvature_device"):
-        if getattr(cfg, key) != "cpu":
-            raise PinnctlError(f"{key} '{getattr(cfg, key)}': only 'cpu' is supported so far (the problem compilers "
-                               "place θ, v and the batches on the CPU)")
+    """Both devices exist on this machine (one-line errors naming the device and the CUDA count)."""
+    from .devices import check_config
+
+    check_config(cfg)
 
 
-def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
+def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None) -> Setup:
+    """The compiled problem on ``device`` (default ``cfg.device``; the curvature worker passes its
+    own) and the estimator. Inline, an NHGD curvature on another device is placed there."""
+    from .devices import curvature_device
     from .discovery import discover
     from .hypergrad import make_method
+    from .hypergrad.curvature import Placed
     from .problem import compile_problem
 
     check_devices(cfg)
+    device = device or cfg.device
     if problem_obj is None:
         problem_obj = discover().get(cfg.problem).build(**cfg.params)
     estimator = make_method(cfg.method.name, cfg.method.options)
+    curv_dev = torch.device(curvature_device(cfg))
+    if not cfg.parallel.enabled and hasattr(estimator, "curvature") and curv_dev != torch.device(device):
+        estimator.curvature = Placed(estimator.curvature, curv_dev)
     if hasattr(problem_obj, "compile"):  # non-PDE problems (classification) compile themselves
-        problem = problem_obj.compile(seed=cfg.seed)
+        problem = problem_obj.compile(seed=cfg.seed, device=device)
     else:
+        if torch.device(device).type != "cpu":
+            raise PinnctlError(f"device '{device}': PDE problems are still compiled on the CPU only (the problem "
+                               "layer's device support is not merged yet); use device=cpu")
         problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
     return Setup(problem_obj, problem, estimator)

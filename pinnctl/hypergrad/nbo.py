@@ -152,7 +152,7 @@ class _Newton:
         matvec = lambda x: curv.matmat(x[:, None])[:, 0]  # noqa: E731
         n = curv.grad.numel()
         x = self.power_vector if self.power_vector is not None else torch.randn(
-            n, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+            n, dtype=torch.float64, generator=torch.Generator().manual_seed(step), device="cpu").to(curv.grad.device)
         for _ in range(self.opts.power_iterations):
             y = matvec(x / x.norm())
             self.lambda_max = float(y.norm())

@@ -18,9 +18,11 @@ from .base import register
 from .implicit import LastBatch, Matvec, implicit_hypergradient
 
 
-def power_lambda_max(matvec: Matvec, dim: int, iterations: int, seed: int = 0) -> float:
-    """|λ|_max of a symmetric operator by power iteration (Rayleigh quotient of the last iterate)."""
-    x = torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+def power_lambda_max(matvec: Matvec, dim: int, iterations: int, seed: int = 0,
+                     device: torch.device | str = "cpu") -> float:
+    """|λ|_max of a symmetric operator by power iteration (Rayleigh quotient of the last iterate);
+    the start vector is drawn on the CPU (the same on every device), then moved to ``device``."""
+    x = torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed), device="cpu").to(device)
     x = x / x.norm()
     lam = 0.0
     for _ in range(iterations):
@@ -61,7 +63,7 @@ class Neumann(LastBatch):
             phi = o.phi
             info: dict[str, Any] = {}
             if phi == 0.0:
-                lam = power_lambda_max(matvec, b.numel(), o.power_iterations, seed=step)
+                lam = power_lambda_max(matvec, b.numel(), o.power_iterations, seed=step, device=b.device)
                 phi = 1.0 / lam if lam > 0 else 1.0
                 info["lambda_max"] = lam
             w = neumann_series(matvec, b, o.terms, phi)

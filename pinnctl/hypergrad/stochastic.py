@@ -83,7 +83,7 @@ class _HVPMethod:
         if self.eta is None:
             batch = self._batch(problem, step, 0)
             lam = power_lambda_max(lambda x: hvp(problem, theta, v, batch, x.to(theta.dtype)).double(), b.numel(),
-                                   self.opts.power_iterations, seed=step)
+                                   self.opts.power_iterations, seed=step, device=b.device)
             self.eta = 1.0 / lam if lam > 0 else 1.0
         w = self.solve(H, b, step)
         lw = sum(cross_vjp(problem, theta, v, self._batch(problem, step, PER_STEP - 1 - m), w.to(theta.dtype))
@@ -107,7 +107,7 @@ class StocBiO(_HVPMethod):
 @register("ttsa")
 class TTSA(_HVPMethod):
     def solve(self, H: Any, b: Tensor, step: int) -> Tensor:
-        q = int(torch.randint(0, self.opts.terms, (1,), generator=torch.Generator().manual_seed(step)))
+        q = int(torch.randint(0, self.opts.terms, (1,), generator=torch.Generator().manual_seed(step), device="cpu"))
         p = b.clone()
         for _ in range(q):
             p = p - self.eta * H(p)
