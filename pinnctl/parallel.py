@@ -26,7 +26,11 @@ worker process is alive; a dead or hung worker becomes a ``WorkerError`` naming 
 worker is killed, and the caller's usual error path (checkpoint of the last good step,
 run-file status, exit 1) runs. The worker exits when its parent disappears.
 
-Backend: gloo when either device is a CPU, NCCL when both are CUDA devices. Launch:
+Backend: NCCL when the two roles are on two different CUDA devices, gloo otherwise: either
+role on the CPU, or both on one GPU (NCCL refuses two ranks on one device; messages then go
+through host memory). Each side decodes a message onto its own device (``map_location``):
+rank 0 onto ``device``, the worker onto ``curvature_device``, where it also builds its
+problem. Launch:
 ``pinnctl solve heat2d --parallel`` spawns the worker; under ``torchrun --nproc-per-node 2``
 (``RANK``/``WORLD_SIZE`` set) rank 1 serves and rank 0 solves.
 """
@@ -52,6 +56,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import PinnctlError, RunError
+from .devices import curvature_device
 from .hypergrad.base import Estimator, StepInfo
 
 OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR, READY = range(1, 9)
@@ -84,7 +89,8 @@ def torchrun_rank() -> int | None:
 
 
 def backend_for(device: str, curvature_device: str) -> str:
-    return "nccl" if device.startswith("cuda") and curvature_device.startswith("cuda") else "gloo"
+    state, curv = torch.device(device), torch.device(curvature_device or device)
+    return "nccl" if state.type == curv.type == "cuda" and state != curv else "gloo"
 
 
 def encode(obj: Any) -> Tensor:
@@ -93,8 +99,9 @@ def encode(obj: Any) -> Tensor:
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
-def decode(data: Tensor) -> Any:
-    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=True)
+def decode(data: Tensor, map_location: torch.device | str = "cpu") -> Any:
+    """A message onto the receiver's compute device (a θ sent from cuda:0 arrives on the worker's)."""
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location=map_location, weights_only=True)
 
 
 @dataclass
@@ -103,7 +110,8 @@ class Channel:
 
     peer: int
     name: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the bytes travel
+    compute: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where messages are decoded
     max_inflight: int = 8
     timeout_s: float = 600.0
     alive: Callable[[], bool] = lambda: True
@@ -159,7 +167,7 @@ class Channel:
         kind, nbytes = (int(x) for x in header.tolist())
         payload = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         self._wait(self._guard(lambda: dist.irecv(payload, self.peer), what), what)
-        return kind, decode(payload)
+        return kind, decode(payload, self.compute)
 
 
 class RemoteEstimator:
@@ -264,11 +272,14 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
 
     cfg = configmod.from_dict(config)
     torch.set_num_threads(threads_per_process(cfg))
+    here = torch.device(curvature_device(cfg))
+    if here.type == "cuda":
+        torch.cuda.set_device(here)  # NCCL binds a rank to the current device
     _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
-    setup = build(cfg)
+    setup = build(cfg, device=str(here))  # the worker's problem (batches, θ, v) lives on its device
     problem, estimator = setup.problem, setup.estimator
     alive = _parent_alive(parent_pid) if parent_pid is not None else (lambda: True)
-    channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, cfg.curvature_device),
+    channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, here), compute=here,
                       max_inflight=cfg.parallel.max_inflight, timeout_s=float("inf"), alive=alive)
     try:
         channel.send(READY, {})
@@ -284,7 +295,7 @@ def worker_entry() -> None:
     worker_main(json.loads(config), addr, int(port), int(parent))
 
 
-def _comm_device(cfg: Any, device: str) -> torch.device:
+def _comm_device(cfg: Any, device: torch.device | str) -> torch.device:
     return torch.device(device) if backend_for(cfg.device, cfg.curvature_device) == "nccl" else torch.device("cpu")
 
 
@@ -307,16 +318,19 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
         proc = subprocess.Popen([sys.executable, "-c", "from pinnctl.parallel import worker_entry; worker_entry()",
                                  json.dumps(config_dict), addr, str(port), str(os.getpid())])
         alive = lambda: proc.poll() is None
+    if torch.device(cfg.device).type == "cuda":
+        torch.cuda.set_device(torch.device(cfg.device))  # NCCL binds a rank to the current device
     threads = torch.get_num_threads()
     torch.set_num_threads(threads_per_process(cfg))
-    name = f"curvature worker (rank 1{f', pid {proc.pid}' if proc else ''}, {cfg.curvature_device})"
+    name = f"curvature worker (rank 1{f', pid {proc.pid}' if proc else ''}, {curvature_device(cfg)})"
     ok = False
     try:
         try:
             _init_group(0, backend, addr, port)
         except RuntimeError as e:
             raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
-        channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), max_inflight=cfg.parallel.max_inflight,
+        channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), compute=torch.device(cfg.device),
+                          max_inflight=cfg.parallel.max_inflight,
                           timeout_s=cfg.parallel.timeout_s, alive=alive)
         remote = RemoteEstimator(local, channel, cfg.parallel.stream)
         channel.timeout_s = max(cfg.parallel.timeout_s, STARTUP_TIMEOUT_S)  # start-up is not a hang
