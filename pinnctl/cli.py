@@ -53,14 +53,15 @@ def _problem_params(name: str, sets: dict[str, Any]) -> tuple[Any, dict[str, Any
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from .problem import load_reference
+    from .problem import reference_of
 
     overrides = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
     problem, params = _problem_params(args.problem, overrides)
-    if problem.reference is None:
+    ref = reference_of(problem)
+    if ref is None:
         raise PinnctlError(f"problem '{args.problem}' has no reference solver")
     start = time.perf_counter()
-    text = load_reference(problem.reference).report(**params)
+    text = ref.report()
     print(text)
     print(f"(reference computed in {time.perf_counter() - start:.1f} s)")
     return 0
@@ -100,7 +101,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     import torch
 
     from .bilevel import InnerState, train_state
-    from .problem import compile_problem, constant_control, load_reference, objective_points
+    from .problem import compile_problem, constant_control, objective_points
     from .solve_setup import sampling_config
 
     problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
@@ -112,13 +113,13 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     close()
     elapsed = time.perf_counter() - start
     summary: dict[str, Any] = {"inner_loss": loss, "train_time_s": elapsed, "control": cfg.forward.control}
-    if problem_obj.reference is not None:
-        pts = objective_points(problem_obj)
+    ref = problem.info.get("reference")
+    pts = objective_points(problem_obj)
+    exact = None if ref is None else ref.state(problem.info["encode_control"](v), pts)
+    if exact is not None:
         with torch.no_grad():
-            x = torch.as_tensor(pts, dtype=torch.float32, device=state.theta.device)
+            x = torch.as_tensor(pts, dtype=state.theta.dtype, device=state.theta.device)
             u = problem_obj.state.forward(state.theta.detach(), x)[:, 0].double().cpu().numpy()
-        c = float(cfg.forward.control)
-        exact = load_reference(problem_obj.reference).state_at(lambda t: np.full_like(t, c), pts, **problem_obj.params)
         summary["rel_l2_error"] = float(np.linalg.norm(u - exact) / np.linalg.norm(exact))
         summary["max_abs_error"] = float(np.abs(u - exact).max())
     _print(f"forward solve: control f ≡ {cfg.forward.control}, {cfg.pretrain.steps} Adam steps in {elapsed:.1f} s, "
@@ -129,10 +130,10 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     return summary
 
 
-def _fmt_record(rec: Any, j_star: float | None) -> str:
+def _fmt_record(rec: Any, j_star: float | None, measure: str = "grid") -> str:
     parts = [f"outer {rec.step + 1:4d}", f"{'J_pinn' if rec.certified else 'f'} {rec.outer_loss:.4e}"]
     if rec.certified:
-        jg = rec.certified.get("grid")
+        jg = rec.certified.get(measure)
         parts.append(f"J_cert {jg:.4e}" + (f" ({jg / j_star:.3f}·J*)" if j_star else ""))
     parts.append("loss " + " ".join(f"{k}={v:.2e}" for k, v in rec.inner_terms.items()))
     if rec.metrics:
@@ -150,14 +151,13 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     from . import checkpoint as ckpt
     from . import runs, solve_setup
     from .bilevel import run
-    from .problem import load_reference
 
     setup = solve_setup.build(cfg, problem_obj)
     problem = setup.problem
-    optimum = None
-    if problem_obj.reference is not None and problem.certify is not None:
-        optimum = load_reference(problem_obj.reference).optimum(**problem_obj.params, measure="grid")
-        _print(f"reference optimum (grid measure): J* = {optimum.J:.6e}", quiet=quiet)
+    ref, measure = problem.info.get("reference"), problem.info.get("measure") or "grid"
+    optimum = ref.optimum(measure) if ref is not None and problem.certify is not None else None
+    if optimum is not None:
+        _print(f"reference optimum ({measure} measure): J* = {optimum.J:.6e}", quiet=quiet)
     j_star = optimum.J if optimum is not None else None
     run_file = out / runs.RUN_FILE
     if resume is None:
@@ -172,7 +172,7 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
 
     def callback(rec: Any) -> None:
         runs.append(run_file, rec)
-        _print(_fmt_record(rec, j_star), quiet=quiet)
+        _print(_fmt_record(rec, j_star, measure), quiet=quiet)
 
     def save_state(theta: Any, v: Any) -> None:
         samples = problem.control_samples(v) if problem.control_samples is not None else None
@@ -212,12 +212,12 @@ def solve_bilevel(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
         summary[f"mean_{part}_time_s"] = float(np.mean([r[f"{part}_time"] for r in history])) if history else None
     certified = [r for r in history if r["certified"]]
     if certified:
-        best = min(certified, key=lambda r: r["certified"]["grid"])
+        best = min(certified, key=lambda r: r["certified"][measure])
         summary["best_certified"] = {"step": int(best["step"]), **best["certified"]}
     if last and last["certified"] and j_star is not None:
-        jg = last["certified"]["grid"]
+        jg = last["certified"][measure]
         ratio = f" = {jg / j_star:.4f}·J*" if j_star > 0 else f" (J* = {j_star:g})"
-        _print(f"done: certified J = {jg:.6e}{ratio} (grid measure), PINN J = {last['outer_loss']:.6e}, "
+        _print(f"done: certified J = {jg:.6e}{ratio} ({measure} measure), PINN J = {last['outer_loss']:.6e}, "
                f"wall {summary['wall_time_s']:.1f} s", quiet=quiet)
     elif last:
         _print(f"done: outer loss f = {last['outer_loss']:.6e}, wall {summary['wall_time_s']:.1f} s", quiet=quiet)

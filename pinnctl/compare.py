@@ -93,12 +93,11 @@ def reference_optimum(runs: list[Run]) -> Any | None:
     if len(problems) != 1 or None in problems:
         raise PinnctlError(f"compare needs runs of one problem, got: {', '.join(sorted(map(str, problems)))}")
     from .discovery import discover
-    from .problem import load_reference
+    from .problem import reference_of
 
     problem = discover().get(problems.pop()).build(**runs[0].config.get("params", {}))
-    if problem.reference is None:
-        return None
-    return load_reference(problem.reference).optimum(**problem.params, measure="grid")
+    ref = reference_of(problem)
+    return None if ref is None else ref.optimum(ref.certified)
 
 
 def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:

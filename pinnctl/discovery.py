@@ -4,6 +4,11 @@ A problem file is a plain Python file defining ``problem`` (a PDEProblem or any 
 with ``name`` and ``compile``) or a factory ``make(**params)`` whose keyword defaults
 are the problem's parameters. Files whose name starts with ``_`` are templates and are
 skipped. Loading is by file path, so a non-editable install works from any directory.
+
+Listing imports each file but builds nothing: a ``make()`` file's name is the file name and
+its description the first line of the module docstring, so ``pinnctl list`` and
+``pinnctl solve heat2d`` run no reference solver and import no deepxde for other problems.
+``build`` calls ``make`` for the one problem asked for and checks what it returns.
 """
 
 from __future__ import annotations
@@ -31,17 +36,27 @@ class ProblemEntry:
     def build(self, **params: Any) -> Any:
         """The problem object, built with parameter overrides when the file has ``make``."""
         make = getattr(self.module, "make", None)
-        if make is not None:
-            unknown = set(params) - set(inspect.signature(make).parameters)
-            if unknown:
-                raise PinnctlError(
-                    f"problem '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}; "
-                    f"known: {', '.join(inspect.signature(make).parameters) or 'none'}"
-                )
-            return make(**params)
-        if params:
-            raise PinnctlError(f"problem '{self.name}' takes no parameters (its file defines no make())")
-        return self.module.problem
+        if make is None:
+            if params:
+                raise PinnctlError(f"problem '{self.name}' takes no parameters (its file defines no make())")
+            return self.module.problem
+        unknown = set(params) - set(inspect.signature(make).parameters)
+        if unknown:
+            raise PinnctlError(
+                f"problem '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(inspect.signature(make).parameters) or 'none'}"
+            )
+        try:
+            obj = make(**params)
+        except PinnctlError as e:
+            raise PinnctlError(f"{self.path}: {e}") from None
+        except Exception as e:
+            raise PinnctlError(f"{self.path}: make() raised {type(e).__name__}: {e}".splitlines()[0]) from None
+        if not hasattr(obj, "name") or not (hasattr(obj, "conditions") or hasattr(obj, "compile")):
+            raise PinnctlError(f"{self.path}: make() returned {type(obj).__name__}, not a problem (PDEProblem or an object with compile)")
+        if obj.name != self.name:
+            raise PinnctlError(f"{self.path}: make() built a problem named '{obj.name}'; the name must be the file name '{self.name}'")
+        return obj
 
 
 @dataclass
@@ -93,6 +108,19 @@ def _describe(module: Any, obj: Any) -> str:
     return lines[0] if lines else ""
 
 
+def _name_and_object(module: Any, path: Path) -> tuple[str, Any]:
+    """(name, problem object or None): a module-level ``problem`` names itself; a ``make`` file is
+    named after the file, unbuilt."""
+    if hasattr(module, "problem"):
+        obj = module.problem
+        if not hasattr(obj, "name"):
+            raise PinnctlError(f"{path}: 'problem' is a {type(obj).__name__}, not a problem")
+        return obj.name, obj
+    if callable(getattr(module, "make", None)):
+        return path.stem, None
+    raise PinnctlError(f"{path}: defines neither 'problem' nor 'make()' returning a problem")
+
+
 def load_file(path: Path) -> ProblemEntry:
     """Import one problem file; any failure becomes a one-line PinnctlError naming the file."""
     mod_name = f"pinnctl_problem_{path.stem}_{abs(hash(str(path))) % 10**8}"
@@ -101,14 +129,12 @@ def load_file(path: Path) -> ProblemEntry:
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
-        obj = module.problem if hasattr(module, "problem") else module.make() if hasattr(module, "make") else None
     except PinnctlError as e:
         raise PinnctlError(f"{path}: {e}") from None
     except Exception as e:
         raise PinnctlError(f"{path}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    if obj is None or not hasattr(obj, "name"):
-        raise PinnctlError(f"{path}: defines neither 'problem' nor 'make()' returning a problem")
-    return ProblemEntry(name=obj.name, path=path, description=_describe(module, obj), module=module)
+    name, obj = _name_and_object(module, path)
+    return ProblemEntry(name=name, path=path, description=_describe(module, obj), module=module)
 
 
 def discover(cwd: Path | None = None) -> Discovery:

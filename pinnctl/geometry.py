@@ -172,6 +172,19 @@ class DeepXDEGeometry:
         """Boolean mask of the rows of x (n, dim) that deepxde's ``inside`` accepts."""
         return np.asarray(self.geom.inside(_points(x, self.dim, "points")), dtype=bool)
 
+    def normals(self, x: np.ndarray) -> np.ndarray:
+        """Outward unit normals (n, dim) at boundary points, from deepxde's ``boundary_normal``."""
+        fn = getattr(self.geom, "boundary_normal", None)
+        if fn is None:
+            raise PinnctlError(f"the domain ({type(self.geom).__name__}) has no outward normals (no boundary_normal); "
+                               "Neumann and Robin conditions need them")
+        try:
+            n = np.asarray(fn(_points(x, self.dim, "points")), dtype=np.float64).reshape(-1, self.dim)
+        except NotImplementedError:
+            raise PinnctlError(f"the domain ({type(self.geom).__name__}) has no outward normals; "
+                               "Neumann and Robin conditions need them") from None
+        return n
+
 
 Domain = Union[Box, DeepXDEGeometry]
 
@@ -241,6 +254,46 @@ def boundary_points(domain: Domain, time: TimeSpan, n_per_side: int, *, seed: in
         return _with_time(domain.boundary(u[:, :free], n), u[:, free:], span)
     x = domain.boundary(n, _derive(seed, _BOUNDARY))
     return _with_time(x, _unit(n, has_t, _derive(seed, _BOUNDARY, _TIME), scheme), span)
+
+
+AXIS_NAMES = ("x", "y", "z")
+
+
+def face_index(domain: Domain, name: str) -> int:
+    """Index (in :meth:`Box.boundary` order) of a Box face named like "x=lo", "y=hi" or "x2=lo"."""
+    if not isinstance(domain, Box):
+        raise PinnctlError(f"face name '{name}' needs a Box domain; on other shapes give where= a predicate on points")
+    axis_name, _, side = str(name).partition("=")
+    names = {a: i for i, a in enumerate(AXIS_NAMES[: domain.dim])} | {f"x{i}": i for i in range(domain.dim)}
+    if axis_name.strip() not in names or side.strip() not in ("lo", "hi"):
+        known = ", ".join(f"{a}={s}" for a in AXIS_NAMES[: domain.dim] for s in ("lo", "hi"))
+        raise PinnctlError(f"unknown face '{name}'; faces of this {domain.dim}-D box: {known}")
+    return 2 * names[axis_name.strip()] + (side.strip() == "hi")
+
+
+def face_points(domain: Box, time: TimeSpan, n_per_side: int, faces: Sequence[int], *, seed: int,
+                scheme: str = "scipy") -> tuple[np.ndarray, np.ndarray]:
+    """Points on the chosen Box faces × time and their outward normals, n_per_side rows per face.
+
+    Each face draws with the same derived seed as in :func:`boundary_points`, so all faces
+    together give exactly its points.
+    """
+    span, n = _span(time), _count(n_per_side, "n_per_side")
+    has_t, free = int(span is not None), domain.dim - 1
+    lo, hi = np.array(domain.lo), np.array(domain.hi)
+    xs, normals = [], []
+    for face in faces:
+        axis, side = divmod(face, 2)
+        u = _unit(n, free + has_t, _derive(seed, _BOUNDARY, face), scheme)
+        others = [a for a in range(domain.dim) if a != axis]
+        x = np.empty((n, domain.dim))
+        x[:, others] = lo[others] + u[:, :free] * (hi - lo)[others]
+        x[:, axis] = (lo, hi)[side][axis]
+        xs.append(_with_time(x, u[:, free:], span))
+        nrm = np.zeros((n, domain.dim))
+        nrm[:, axis] = 1.0 if side else -1.0
+        normals.append(nrm)
+    return np.concatenate(xs), np.concatenate(normals)
 
 
 def initial_points(domain: Domain, time: TimeSpan, n: int, *, seed: int, scheme: str = "scipy") -> np.ndarray:

@@ -154,24 +154,26 @@ def unflatten(spec: MLP, params: Tensor) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
+Pair = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class Channels:
     """Which derivative channels a Taylor-mode forward carries.
 
     Channel 0 is the value; then one first derivative per axis in ``first``; then one
-    diagonal second derivative ∂²/∂x_i² per axis in ``second`` (each must be in ``first``,
-    since σ''·(∂z)² needs it). Mixed second derivatives are not carried.
+    second derivative ∂²/∂x_i∂x_j per pair (i, j) in ``second`` (an int i means the
+    diagonal (i, i)). Both axes of a pair must be in ``first``, since σ''·∂_i z·∂_j z needs
+    them; they are added when missing.
     """
 
     first: tuple[int, ...] = ()
-    second: tuple[int, ...] = ()
+    second: tuple[Pair, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "first", tuple(sorted(set(self.first))))
-        object.__setattr__(self, "second", tuple(sorted(set(self.second))))
-        missing = set(self.second) - set(self.first)
-        if missing:
-            object.__setattr__(self, "first", tuple(sorted(set(self.first) | missing)))
+        pairs = {_pair(p) for p in self.second}
+        object.__setattr__(self, "second", tuple(sorted(pairs)))
+        object.__setattr__(self, "first", tuple(sorted(set(self.first) | {a for p in pairs for a in p})))
 
     @property
     def count(self) -> int:
@@ -180,8 +182,15 @@ class Channels:
     def first_index(self, axis: int) -> int:
         return 1 + self.first.index(axis)
 
-    def second_index(self, axis: int) -> int:
-        return 1 + len(self.first) + self.second.index(axis)
+    def second_index(self, axis: int | Pair) -> int:
+        return 1 + len(self.first) + self.second.index(_pair(axis))
+
+
+def _pair(p: int | Sequence[int]) -> Pair:
+    if isinstance(p, int):
+        return (p, p)
+    i, j = (int(a) for a in p)
+    return (min(i, j), max(i, j))
 
 
 @dataclass
@@ -207,17 +216,17 @@ class Jet:
             raise PinnctlError(f"derivative along axis {axis} was not propagated (carried: {self.channels.first})")
         return self.z[self.channels.first_index(axis)]
 
-    def second(self, axis: int) -> Tensor:
-        if axis not in self.channels.second:
-            raise PinnctlError(f"second derivative along axis {axis} was not propagated (carried: {self.channels.second})")
+    def second(self, axis: int | Pair) -> Tensor:
+        if _pair(axis) not in self.channels.second:
+            raise PinnctlError(f"second derivative {_pair(axis)} was not propagated (carried: {self.channels.second})")
         return self.z[self.channels.second_index(axis)]
 
 
 def jet_forward(spec: MLP, params: Tensor, x: Tensor, channels: Channels, record: bool = False) -> Jet:
-    """Forward pass carrying value, first and diagonal second derivatives w.r.t. inputs.
+    """Forward pass carrying value, first and (mixed) second derivatives w.r.t. inputs.
 
     Linear layers act on every channel with the same weights (bias on the value channel
-    only); activations follow the chain rule: σ(a), σ'(a)·∂a, σ''(a)·(∂a)² + σ'(a)·∂²a.
+    only); activations follow the chain rule: σ(a), σ'(a)·∂a, σ''(a)·∂_i a·∂_j a + σ'(a)·∂_ij a.
     Channels are kept as separate tensors joined only for the shared matmul: slicing one
     stacked tensor would make every backward fill full-size zero buffers (2× slower).
     Built without in-place writes so torch.func transforms (jacrev, jvp, vmap) apply.
@@ -227,7 +236,8 @@ def jet_forward(spec: MLP, params: Tensor, x: Tensor, channels: Channels, record
     C, nf = channels.count, len(channels.first)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     chans = [x] + [eye[axis].expand(n, d) for axis in channels.first] + [x.new_zeros(n, d)] * len(channels.second)
-    src = [channels.first.index(i) for i in channels.second]  # first-derivative channel feeding each second
+    # first-derivative channels feeding each second one
+    src = [(channels.first.index(i), channels.first.index(j)) for i, j in channels.second]
     jet = Jet(z=x, channels=channels)
     layers = unflatten(spec, params)
     bias_col = torch.cat([x.new_ones(n, 1), x.new_zeros((C - 1) * n, 1)])
@@ -245,6 +255,8 @@ def jet_forward(spec: MLP, params: Tensor, x: Tensor, channels: Channels, record
             break
         s0, s1, s2 = act(outs[0])
         firsts = outs[1 : 1 + nf]
-        chans = [s0] + [s1 * f for f in firsts] + [s2 * firsts[j] ** 2 + s1 * sec for j, sec in zip(src, outs[1 + nf :])]
+        chans = [s0] + [s1 * f for f in firsts] + [
+            s2 * (firsts[i] ** 2 if i == j else firsts[i] * firsts[j]) + s1 * sec for (i, j), sec in zip(src, outs[1 + nf :])
+        ]
     jet.z = torch.stack(chans)
     return jet

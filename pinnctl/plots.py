@@ -131,16 +131,16 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     from .discovery import discover
     from .geometry import Box
-    from .problem import load_reference
+    from .problem import reference_of
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/t" not in arrays:
         return None
     problem = discover().get(config["problem"]).build(**config.get("params", {}))
-    if problem.reference is None or problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
+    if problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
         return None
-    ref = load_reference(problem.reference)
-    if not hasattr(ref, "state_at"):
+    ref = reference_of(problem)
+    if ref is None:
         return None
     (x0, y0), (x1, y1) = problem.domain.lo, problem.domain.hi
     xs, ys = np.linspace(x0, x1, SNAPSHOT_GRID), np.linspace(y0, y1, SNAPSHOT_GRID)
@@ -151,7 +151,9 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     theta = torch.as_tensor(arrays["state/theta"], device="cpu")  # host-side figure work
     with torch.no_grad():
         u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype, device=theta.device))[:, 0].double().cpu().numpy()
-    exact = ref.state_at((arrays["control/t"], arrays["control/f"]), pts, **problem.params)
+    exact = ref.state((arrays["control/t"], arrays["control/f"]), pts)
+    if exact is None:
+        return None
     shape = (len(times), SNAPSHOT_GRID, SNAPSHOT_GRID)
     return u.reshape(shape), exact.reshape(shape), np.array([x0, x1, y0, y1]), times
 

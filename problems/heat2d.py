@@ -4,6 +4,7 @@ import torch
 
 from pinnctl.geometry import Box
 from pinnctl.nets import MLP
+from pinnctl import PinnctlError
 from pinnctl.problem import Boundary, Grid, Initial, Interior, PDEProblem, TimeControl, Tracking
 
 
@@ -12,6 +13,8 @@ def target(x):
 
 
 def make(nu: float = 0.001) -> PDEProblem:
+    if not nu > 0:
+        raise PinnctlError(f"heat2d: nu must be > 0 (a diffusivity); got {nu}")
     def residual(x, u, f, ops):  # x = (x, y, t); f = control at t
         return ops.dt(u, x) - nu * ops.laplacian(u, x, space=(0, 1)) - f
 

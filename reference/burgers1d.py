@@ -21,7 +21,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.sparse import diags
 
-from ._optimum import Optimum
+from pinnctl.pde.reference import Bound, FieldSamples, Optimum
 
 X_LO, X_HI, T = -1.0, 1.0, 1.0
 N_GRID = 800  # intervals of the solver grid
@@ -90,3 +90,9 @@ def report(*, nu: float) -> str:
     coarse = objective(np.zeros(N_GRID // 2 + 1), nu=nu, n=N_GRID // 2)
     return (f"burgers1d reference (nu = {nu:g}): target = u(·,T) from g0 = −sin(πx); J* = 0 (g* = g0); "
             f"J(g ≡ 0) = {j0:.6e} (N = {N_GRID}; N = {N_GRID // 2}: {coarse:.6e})")
+
+
+def reference(*, nu: float) -> Bound:
+    """The Reference protocol object: the initial state sampled at the solver nodes (t = 0)."""
+    return Bound(measures=MEASURES, control=FieldSamples(control_points(nu=nu)), params={"nu": nu},
+                 certify=certify, optimum=optimum, report=report)

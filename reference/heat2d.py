@@ -28,7 +28,7 @@ from typing import Callable, Union
 import numpy as np
 from scipy.special import erf
 
-from ._optimum import Optimum
+from pinnctl.pde.reference import Bound, Optimum, TimeSamples
 
 Control = Union[Callable[[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]]
 MEASURES = ("grid", "continuum")
@@ -341,3 +341,9 @@ def images_state(control: Control, *, nu: float, x: np.ndarray, y: np.ndarray, t
         wy = _w1(y[sel, None], ti - s[None, :], nu)
         out[sel] = (wx * wy * (fs * ws)[None, :]).sum(1)
     return out
+
+
+def reference(*, nu: float) -> Bound:
+    """The Reference protocol object: the control as samples at the 401 node times, certified on the grid."""
+    return Bound(measures=MEASURES, control=TimeSamples(node_times(NODES)), params={"nu": nu}, certified="grid",
+                 certify=certify, optimum=optimum, state=state_at, report=report)

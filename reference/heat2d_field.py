@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.fft import dstn
 
-from ._optimum import Optimum
+from pinnctl.pde.reference import Bound, FieldSamples, Optimum
 from .heat2d import GRID_T, GRID_X, _phi, _psi
 
 N_SPACE = 63  # interior DST nodes per axis
@@ -95,3 +95,9 @@ def report(*, nu: float) -> str:
     return (f"heat2d_field reference (nu = {nu:g}): J* = 0 exactly (f* = ∂t u_ref − ν Δu_ref); "
             f"this solver gives J(f*) = {j_star:.3e} (discretisation, {N_SPACE}² DST nodes × 201 times) "
             f"and J(f≡0) = {j0:.6e}")
+
+
+def reference(*, nu: float) -> Bound:
+    """The Reference protocol object: the field sampled at the DST nodes × grid times."""
+    return Bound(measures=MEASURES, control=FieldSamples(control_points(nu=nu)), params={"nu": nu},
+                 certify=certify, optimum=optimum, report=report)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
 
-from ._optimum import Optimum
+from pinnctl.pde.reference import Bound, FieldSamples, Optimum
 
 N_GRID = 128
 OBJ_N = 16  # objective grid spacing 1/16
@@ -108,3 +108,9 @@ def report(*, alpha: float = 0.0) -> str:
     fstar = 8 * np.pi**2 * target(nodes[:, 0], nodes[:, 1])
     return (f"poisson2d reference (L-shape, 5-point FD, N = {N_GRID}): J* = 0 (f* = 8π² sin2πx sin2πy); "
             f"this solver: J(f*) = {objective(fstar):.3e}, J(0) = {objective(np.zeros(len(nodes))):.6e}")
+
+
+def reference(*, alpha: float = 0.0) -> Bound:
+    """The Reference protocol object: the source sampled at the interior FD nodes."""
+    return Bound(measures=MEASURES, control=FieldSamples(control_points(alpha=alpha)), params={"alpha": alpha},
+                 certify=certify, optimum=optimum, report=report)

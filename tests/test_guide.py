@@ -50,4 +50,4 @@ def test_template_builds_and_compiles():
     spec.loader.exec_module(module)
     prob = compile_problem(module.make(nu=0.2), seed=0)
     loss = prob.inner_loss(prob.theta0, prob.v0, prob.sample(0))
-    assert torch.isfinite(loss) and set(prob.inner_terms(prob.theta0, prob.v0, prob.sample(0))) == {"pde", "boundary", "initial"}
+    assert torch.isfinite(loss) and set(prob.inner_terms(prob.theta0, prob.v0, prob.sample(0))) == {"pde", "left", "right", "initial"}

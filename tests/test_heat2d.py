@@ -22,7 +22,7 @@ def test_heat2d_matches_the_paper_setup(heat2d):
     assert {k: x.shape[0] for k, x in prob.full_batch().items()} == {"pde": 1024, "boundary": 1024, "initial": 256}
     assert prob.theta0.numel() == 12_801 and prob.v0.numel() == 1153
     assert objective_points(heat2d).shape == (11 * 11 * 201, 3)
-    assert prob.info["channels"]["pde"] == ((0, 1, 2), (0, 1))
+    assert prob.info["channels"]["pde"] == ((0, 1, 2), ((0, 0), (1, 1)))
 
 
 def _forward_error(problem, steps):
