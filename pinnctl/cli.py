@@ -104,8 +104,8 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     from .problem import compile_problem, constant_control, objective_points
     from .solve_setup import sampling_config
 
-    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
-    v = constant_control(problem_obj.control, cfg.forward.control)
+    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed, device=cfg.device)
+    v = constant_control(problem_obj.control, cfg.forward.control).to(problem.v0.device)
     state = InnerState.create(problem.theta0, cfg.pretrain)
     progress, close = _pretrain_bar(cfg.pretrain.steps, quiet)
     start = time.perf_counter()

@@ -52,8 +52,5 @@ def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None) -
     if hasattr(problem_obj, "compile"):  # non-PDE problems (classification) compile themselves
         problem = problem_obj.compile(seed=cfg.seed, device=device)
     else:
-        if torch.device(device).type != "cpu":
-            raise PinnctlError(f"device '{device}': PDE problems are still compiled on the CPU only (the problem "
-                               "layer's device support is not merged yet); use device=cpu")
-        problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
+        problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed, device=device)
     return Setup(problem_obj, problem, estimator)

@@ -91,6 +91,34 @@ def test_distillation_is_device_clean(tmp_path, data):
     assert guarded["metrics_last50_mean"] == plain["metrics_last50_mean"]
 
 
+# Every bundled PDE problem once; across them every curvature, both natural-gradient inner
+# optimisers and the PDE-specific method paths (Gauss–Newton products, Newton steps, BPN's per-tensor HVPs).
+PDE_SMOKE = ["pretrain.steps=2", "inner.steps=2", "certify_every=2"]
+PDE_CASES = {
+    "heat2d-nhgd-kfac": ("heat2d", "nhgd", []),
+    "laplace_bc-nhgd-gn": ("laplace_bc", "nhgd", ["method.options.curvature=gn", "method.options.gn_rows=16"]),
+    "heat2d_field-nhgd-efim-kfac": ("heat2d_field", "nhgd", ["method.options.curvature=efim", "inner.optimizer=kfac"]),
+    "burgers1d-broyden": ("burgers1d", "broyden", ["method.options.variant=fast", "method.options.threshold=2"]),
+    "poisson2d-nbo-gn": ("poisson2d", "nbo", ["method.options.steps=2", "method.options.matrix=gn"]),
+    "laplace_bc-exact": ("laplace_bc", "exact", ["method.options.maxiter=5", "method.options.solver=cg"]),
+    "laplace_flux-cg-engd": ("laplace_flux", "cg", ["method.options.maxiter=3", "inner.optimizer=engd"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PDE_CASES))
+def test_every_pde_problem_is_device_clean(tmp_path, meta_default, case):
+    problem, method, sets = PDE_CASES[case]
+    summary = _solve(tmp_path, problem, method, PDE_SMOKE + sets)
+    assert math.isfinite(summary["final_outer_loss"]) and summary["certified"]["grid"] >= summary["J_star_grid"] >= 0
+
+
+def test_forward_solve_is_device_clean(tmp_path, meta_default):
+    out = tmp_path / "forward"
+    assert main(["solve", "laplace_bc", "--method", "forward", "--preset", "smoke", "--quiet", "--out", str(out),
+                 "--set", "device=cpu", "--set", "pretrain.steps=2"]) == 0
+    assert math.isfinite(json.loads((out / "summary.json").read_text())["rel_l2_error"])
+
+
 def test_guard_catches_a_constructor_without_device(meta_default):
     """The guard itself: what the meta default does to a device-less constructor."""
     from pinnctl.hypergrad.linalg import LowRankPlusDamping
