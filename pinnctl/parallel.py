@@ -227,8 +227,9 @@ def serve(problem: Any, estimator: Estimator, channel: Channel, stream: str) -> 
                 estimator.observe(stats)
             elif kind == HYPERGRAD:
                 h, info = estimator.hypergradient(problem, msg["theta"], msg["v"], msg["step"])
-                channel.send(REPLY, {"h": h.detach(), "info": {k: x.detach() if isinstance(x, Tensor) else float(x)
-                                                                 for k, x in info.items()}})
+                channel.send(REPLY, {"h": h.detach(), "info": {k: x.detach() if isinstance(x, Tensor) else
+                                                                 (list(x) if isinstance(x, (list, tuple)) else float(x))
+                                                                 for k, x in info.items()}})  # broyden: residual_trace
             elif kind == GET_STATE:
                 channel.send(REPLY, estimator.state_dict())
             elif kind == LOAD_STATE:
