@@ -306,10 +306,17 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if cfg.parallel.enabled:
         from . import parallel
 
+        from . import dataparallel
+
         parallel.check_config(cfg.parallel)  # before any run directory or process exists
-        if parallel.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
-            parallel.check_torchrun_world()
-            parallel.worker_main(configmod.to_dict(cfg))
+        dataparallel.check(cfg.parallel, cfg.inner.optimizer)
+        rank = parallel.torchrun_rank()
+        if rank:  # under torchrun: the last rank is the curvature worker, the others data ranks
+            parallel.check_torchrun_world(cfg.parallel.data_ranks)
+            if rank == cfg.parallel.data_ranks:
+                parallel.worker_main(configmod.to_dict(cfg))
+            else:
+                dataparallel.follower_main(configmod.to_dict(cfg))
             return 0
     known = sorted(set(known_methods()) | set(SOLVE_MODES))
     if cfg.method.name not in known:

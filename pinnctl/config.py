@@ -67,6 +67,7 @@ class ParallelCfg:
     max_inflight: int = 8  # outstanding messages before the inner loop waits (back-pressure)
     timeout_s: float = 600.0  # a worker silent this long while rank 0 waits is declared hung
     threads: int = 0  # torch threads per process; 0 = half the CPU cores (at least 1)
+    data_ranks: int = 1  # K > 1: data-parallel inner training on K ranks under torchrun (pinnctl.dataparallel)
 
 
 @dataclass

@@ -173,8 +173,9 @@ class Channel:
 class RemoteEstimator:
     """Rank 0's view of the worker: the Estimator protocol, implemented by messages."""
 
-    def __init__(self, local: Estimator, channel: Channel, stream: str = "theta") -> None:
+    def __init__(self, local: Estimator, channel: Channel, stream: str = "theta", followers: bool = False) -> None:
         self.local, self.channel, self.stream = local, channel, stream
+        self.followers = followers  # data-parallel: the other data ranks get each reply (pinnctl.dataparallel)
 
     def collect(self, problem: Any, step: StepInfo) -> dict[str, Any]:
         wants = getattr(self.local, "wants", None)
@@ -197,6 +198,10 @@ class RemoteEstimator:
 
     def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> tuple[Tensor, dict[str, Any]]:
         reply = self._call(HYPERGRAD, {"theta": theta.detach(), "v": v.detach(), "step": step}, "computing the hypergradient")
+        if self.followers:
+            from .dataparallel import broadcast_reply
+
+            broadcast_reply(reply)
         return reply["h"].to(theta.device), reply["info"]
 
     def state_dict(self) -> dict[str, Any]:
@@ -252,13 +257,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _init_group(rank: int, backend: str, addr: str | None, port: int | None) -> None:
-    """Our own TCP rendezvous when we spawned the worker; torchrun's store (env://) under torchrun."""
+def _init_group(rank: int, backend: str, addr: str | None, port: int | None, data_ranks: int = 1) -> None:
+    """Our own TCP rendezvous when we spawned the worker; torchrun's store (env://) under torchrun.
+    With data ranks, every rank (the worker too) joins the creation of the data ranks' group."""
     timeout = datetime.timedelta(seconds=STARTUP_TIMEOUT_S)  # rendezvous; waits set their own
     if addr is None:
         dist.init_process_group(backend, timeout=timeout)
     else:
         dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2, timeout=timeout)
+    if data_ranks > 1:
+        from .dataparallel import set_group
+
+        set_group(dist.new_group(list(range(data_ranks))))
 
 
 def _parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -276,8 +286,8 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
     here = torch.device(curvature_device(cfg))
     if here.type == "cuda":
         torch.cuda.set_device(here)  # NCCL binds a rank to the current device
-    _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
-    setup = build(cfg, device=str(here))  # the worker's problem (batches, θ, v) lives on its device
+    _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port, data_ranks=cfg.parallel.data_ranks)
+    setup = build(cfg, device=str(here), role="worker")  # the worker's problem (batches, θ, v) lives on its device
     problem, estimator = setup.problem, setup.estimator
     alive = _parent_alive(parent_pid) if parent_pid is not None else (lambda: True)
     channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, here), compute=here,
@@ -309,7 +319,7 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     backend = backend_for(cfg.device, cfg.curvature_device)
     proc = None
     if torchrun_rank() is not None:
-        check_torchrun_world()
+        check_torchrun_world(cfg.parallel.data_ranks)
         addr, port = None, None
         alive: Callable[[], bool] = lambda: True
     else:
@@ -327,13 +337,13 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     ok = False
     try:
         try:
-            _init_group(0, backend, addr, port)
+            _init_group(0, backend, addr, port, data_ranks=cfg.parallel.data_ranks)
         except RuntimeError as e:
             raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
-        channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), compute=torch.device(cfg.device),
+        channel = Channel(peer=cfg.parallel.data_ranks, name=name, device=_comm_device(cfg, cfg.device), compute=torch.device(cfg.device),
                           max_inflight=cfg.parallel.max_inflight,
                           timeout_s=cfg.parallel.timeout_s, alive=alive)
-        remote = RemoteEstimator(local, channel, cfg.parallel.stream)
+        remote = RemoteEstimator(local, channel, cfg.parallel.stream, followers=cfg.parallel.data_ranks > 1)
         channel.timeout_s = max(cfg.parallel.timeout_s, STARTUP_TIMEOUT_S)  # start-up is not a hang
         kind, _ = channel.recv("starting (importing torch, building the problem)")
         channel.timeout_s = cfg.parallel.timeout_s
@@ -360,9 +370,11 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
                 _abort_group()
 
 
-def check_torchrun_world() -> None:
-    if int(os.environ["WORLD_SIZE"]) != 2:
-        raise PinnctlError(f"--parallel under torchrun needs exactly 2 processes, got WORLD_SIZE={os.environ['WORLD_SIZE']}")
+def check_torchrun_world(data_ranks: int = 1) -> None:
+    """torchrun's world: the data ranks (0…K−1) and the curvature worker (rank K)."""
+    if int(os.environ["WORLD_SIZE"]) != data_ranks + 1:
+        raise PinnctlError(f"--parallel under torchrun with parallel.data_ranks={data_ranks} needs exactly {data_ranks + 1} "
+                           f"processes, got WORLD_SIZE={os.environ['WORLD_SIZE']}")
 
 
 def _abort_group() -> None:

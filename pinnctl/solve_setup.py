@@ -4,6 +4,7 @@ the CLI (rank 0) and by the curvature worker (rank 1), so both build the same ob
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Any
 
 import torch
@@ -32,9 +33,10 @@ def check_devices(cfg: Any) -> None:
     check_config(cfg)
 
 
-def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None) -> Setup:
+def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None, role: str = "state") -> Setup:
     """The compiled problem on ``device`` (default ``cfg.device``; the curvature worker passes its
-    own) and the estimator. Inline, an NHGD curvature on another device is placed there."""
+    own and ``role="worker"``) and the estimator. Inline, an NHGD curvature on another device is
+    placed there; a data rank (parallel.data_ranks > 1) sees its shard of the problem."""
     from .devices import curvature_device
     from .discovery import discover
     from .hypergrad import make_method
@@ -53,4 +55,8 @@ def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None) -
         problem = problem_obj.compile(seed=cfg.seed, device=device)
     else:
         problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed, device=device)
+    if role == "state" and cfg.parallel.enabled and cfg.parallel.data_ranks > 1:
+        from .dataparallel import sharded
+
+        problem = sharded(problem, int(os.environ["RANK"]), cfg.parallel.data_ranks)
     return Setup(problem_obj, problem, estimator)
