@@ -93,7 +93,7 @@ class LowRankPlusDamping:
     def solve(self, b: Tensor) -> Tensor:
         J, b = self._J(), b.to(torch.float64)
         n = J.shape[0]
-        gram = self.scale * (J @ J.T) + self.damping * torch.eye(n, dtype=torch.float64)
+        gram = self.scale * (J @ J.T) + self.damping * torch.eye(n, dtype=torch.float64, device=J.device)
         rhs = J @ b
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
