@@ -137,7 +137,7 @@ def kron_inverse_apply(A: Tensor, B: Tensor, V: Tensor, damping: float) -> Tenso
 def random_start(like: Tensor, seed: int) -> Tensor:
     """A power iteration's start vector, shaped and placed like ``like`` (float64): seeded on the
     CPU generator, so runs repeat on any device."""
-    x = torch.randn(like.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(like.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed), device="cpu")
     return x.to(like.device)
 
 
