@@ -89,7 +89,6 @@ class Row:
     match: str  # a fragment of the one stderr line
     code: int = 2
     prepare: Callable[[Path], None] | None = None
-    xfail: str = ""  # the issue that owns the check, while it has not landed
     marks: list = field(default_factory=list)
 
 
@@ -138,7 +137,6 @@ def _a_file(root: Path) -> None:
     (root / "afile").write_text("not a folder")
 
 
-FIFTEEN = "issue 15 (problem layer): heat2d checks nu > 0"
 HEAT = ["solve", "heat2d", *TINY, "--out", "{new}"]
 
 ROWS = [
@@ -190,8 +188,8 @@ ROWS = [
     Row("zero-inner-steps", [*HEAT, "--set", "inner.steps=0"], "'inner.steps' must be > 0"),
     Row("negative-checkpoint-every", [*HEAT, "--set", "checkpoint_every=-1"], "'checkpoint_every' must be ≥ 0"),
     Row("negative-certify-every", [*HEAT, "--set", "certify_every=-2"], "'certify_every' must be ≥ 0"),
-    Row("negative-viscosity", [*HEAT, "--set", "params.nu=-1"], "nu", xfail=FIFTEEN),
-    Row("reference-negative-viscosity", ["reference", "heat2d", "--nu", "-1"], "nu", xfail=FIFTEEN),
+    Row("negative-viscosity", [*HEAT, "--set", "params.nu=-1"], "nu"),
+    Row("reference-negative-viscosity", ["reference", "heat2d", "--nu", "-1"], "nu"),
     Row("resume-switches-method", ["solve", "--resume", "{run}", "--quiet", "--set", "method.name=broyden"],
         "'method.name' would change from 'nhgd' to 'broyden'"),
     # --- misleading before ---
@@ -210,15 +208,7 @@ ROWS = [
 ]
 
 
-def _params():
-    for row in ROWS:
-        marks = list(row.marks)
-        if row.xfail:
-            marks.append(pytest.mark.xfail(reason=row.xfail, strict=False))
-        yield pytest.param(row, id=row.id, marks=marks)
-
-
-@pytest.mark.parametrize("row", list(_params()))
+@pytest.mark.parametrize("row", [pytest.param(row, id=row.id, marks=row.marks) for row in ROWS])
 def test_bad_input_is_one_line_and_touches_nothing(row: Row, work: Path, capsys, monkeypatch):
     monkeypatch.setenv("PINNCTL_DATA", os.environ.get("PINNCTL_DATA", "/work/shared/data"))
     if row.prepare is not None:
