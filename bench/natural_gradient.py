@@ -39,11 +39,11 @@ def main() -> None:
     v = constant_control(problem_obj.control, 1.0)
     pts = objective_points(problem_obj)
     exact = load_reference("heat2d").state_at(lambda t: np.ones_like(t), pts, **problem_obj.params)
-    x = torch.as_tensor(pts, dtype=torch.float32)
+    x = torch.as_tensor(pts, dtype=torch.float32, device=prob.theta0.device)
 
     def error(theta: torch.Tensor) -> float:
         with torch.no_grad():
-            u = problem_obj.state.forward(theta, x)[:, 0].double().numpy()
+            u = problem_obj.state.forward(theta, x)[:, 0].double().cpu().numpy()
         return float(np.linalg.norm(u - exact) / np.linalg.norm(exact))
 
     rows = []

@@ -116,7 +116,7 @@ def solve_forward(cfg: configmod.Config, problem_obj: Any, quiet: bool, out: Pat
     from .problem import compile_problem, constant_control, objective_points
     from .solve_setup import sampling_config
 
-    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
+    problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed, device=cfg.device)
     v = constant_control(problem_obj.control, cfg.forward.control).to(problem.v0)
     state = InnerState.create(problem.theta0, cfg.pretrain)
     progress, close = Progress(quiet).pretrain(cfg.pretrain.steps)
@@ -492,9 +492,16 @@ def launch(problem: str | None = None, *, method: str | None = None, preset: str
         if problem is not None and not isinstance(problem, str):
             raise PinnctlError("parallel=True needs a problem file: the curvature worker finds the problem by name "
                                "(save it under ./problems/ and pass its name)")
-        if par.torchrun_rank() == 1:  # torchrun's second process is the curvature worker
-            par.check_torchrun_world()
-            par.worker_main(configmod.to_dict(cfg))
+        from . import dataparallel
+
+        dataparallel.check(cfg.parallel, cfg.inner.optimizer)
+        rank = par.torchrun_rank()
+        if rank:  # under torchrun: the last rank is the curvature worker, the others data ranks
+            par.check_torchrun_world(cfg.parallel.data_ranks)
+            if rank == cfg.parallel.data_ranks:
+                par.worker_main(configmod.to_dict(cfg))
+            else:
+                dataparallel.follower_main(configmod.to_dict(cfg))
             return None
     validate(cfg, snap)
     if problem_obj is None:

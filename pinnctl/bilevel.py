@@ -201,6 +201,10 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
         state.optimizer = make_optimizer(inner.optimizer, state.theta, inner.lr, inner.damping)
         first = 0
     else:
+        from .devices import to_device
+
+        # checkpoints load onto the CPU; the run's state goes back where the problem lives (the RNG states stay)
+        resume = {**to_device({k: x for k, x in resume.items() if k != "rng"}, problem.theta0.device), "rng": resume["rng"]}
         with torch.no_grad():
             v.copy_(resume["v"])
         outer_opt.load_state_dict(resume["outer_optimizer"])

@@ -75,6 +75,7 @@ class ParallelCfg:
     max_inflight: int = 8  # outstanding messages before the inner loop waits (back-pressure)
     timeout_s: float = 600.0  # a worker silent this long while rank 0 waits is declared hung
     threads: int = 0  # torch threads per process; 0 = half the CPU cores (at least 1)
+    data_ranks: int = 1  # K > 1: data-parallel inner training on K ranks under torchrun (pinnctl.dataparallel)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Config:
     problem: str = "heat2d"
     seed: int = 0
     device: str = "cpu"
-    curvature_device: str = "cpu"
+    curvature_device: str = ""  # the NHGD curvature / the --parallel worker; "" = the same as device
     certify_every: int = 1  # certified J (reference solver) every N outer steps; 0 disables
     checkpoint_every: int = 10  # atomic checkpoint every N outer steps (and at the end, on Ctrl-C, on divergence)
     params: dict[str, Any] = field(default_factory=dict)  # problem parameters (e.g. nu)

@@ -87,7 +87,7 @@ class DenseGaussNewton(NaturalGradient):
         with torch.no_grad():
             r = torch.cat([res.detach().double() * (2.0 * w / res.numel()) ** 0.5
                            for res, w in problem.residuals(theta.detach(), v, batch).values()])
-        gram = J @ J.T + self.damping * torch.eye(J.shape[0], dtype=torch.float64)
+        gram = J @ J.T + self.damping * torch.eye(J.shape[0], dtype=torch.float64, device=J.device)
         return (J.T @ torch.linalg.solve(gram, r)).to(theta.dtype), {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -56,17 +56,17 @@ PLAIN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 def _xavier_normal(fan_out: int, fan_in: int, g: torch.Generator) -> Tensor:
     std = math.sqrt(2.0 / (fan_in + fan_out))
-    return torch.randn(fan_out, fan_in, generator=g) * std
+    return torch.randn(fan_out, fan_in, generator=g, device=g.device) * std
 
 
 def _xavier_uniform(fan_out: int, fan_in: int, g: torch.Generator) -> Tensor:
     bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return (torch.rand(fan_out, fan_in, generator=g) * 2 - 1) * bound
+    return (torch.rand(fan_out, fan_in, generator=g, device=g.device) * 2 - 1) * bound
 
 
 def _torch_default(fan_out: int, fan_in: int, g: torch.Generator) -> Tensor:
     bound = 1.0 / math.sqrt(fan_in)
-    return (torch.rand(fan_out, fan_in, generator=g) * 2 - 1) * bound
+    return (torch.rand(fan_out, fan_in, generator=g, device=g.device) * 2 - 1) * bound
 
 
 INITS: dict[str, Callable[[int, int, torch.Generator], Tensor]] = {
@@ -117,14 +117,16 @@ class MLP:
     def n_params(self) -> int:
         return sum(o * i + o for o, i in self.shapes)
 
-    def init_params(self, seed: int) -> Tensor:
-        """A float32 flat parameter vector drawn with a private generator (no global RNG use)."""
+    def init_params(self, seed: int, device: torch.device | str = "cpu") -> Tensor:
+        """A float32 flat parameter vector drawn with a private generator (no global RNG use).
+
+        Drawn on the CPU and then moved, so a seed gives the same θ₀ on every device."""
         g = torch.Generator().manual_seed(int(seed))
         pieces = []
         for o, i in self.shapes:
             pieces.append(INITS[self.init](o, i, g).reshape(-1))
-            pieces.append(torch.zeros(o))
-        return torch.cat(pieces).to(torch.float32)
+            pieces.append(torch.zeros(o, device=g.device))
+        return torch.cat(pieces).to(device=device, dtype=torch.float32)
 
     def forward(self, params: Tensor, x: Tensor) -> Tensor:
         """Plain forward: x (N, in) -> (N, out)."""

@@ -26,7 +26,11 @@ worker process is alive; a dead or hung worker becomes a ``WorkerError`` naming 
 worker is killed, and the caller's usual error path (checkpoint of the last good step,
 run-file status, exit 1) runs. The worker exits when its parent disappears.
 
-Backend: gloo when either device is a CPU, NCCL when both are CUDA devices. Launch:
+Backend: NCCL when the two roles are on two different CUDA devices, gloo otherwise: either
+role on the CPU, or both on one GPU (NCCL refuses two ranks on one device; messages then go
+through host memory). Each side decodes a message onto its own device (``map_location``):
+rank 0 onto ``device``, the worker onto ``curvature_device``, where it also builds its
+problem. Launch:
 ``pinnctl solve heat2d --parallel`` spawns the worker; under ``torchrun --nproc-per-node 2``
 (``RANK``/``WORLD_SIZE`` set) rank 1 serves and rank 0 solves.
 """
@@ -54,6 +58,7 @@ from torch import Tensor
 
 from . import PinnctlError, RunError
 from .core import HyperResult
+from .devices import curvature_device
 from .hypergrad.base import Estimator, StepInfo
 
 OBSERVE, HYPERGRAD, GET_STATE, LOAD_STATE, STOP, REPLY, ERROR, READY = range(1, 9)
@@ -86,7 +91,8 @@ def torchrun_rank() -> int | None:
 
 
 def backend_for(device: str, curvature_device: str) -> str:
-    return "nccl" if device.startswith("cuda") and curvature_device.startswith("cuda") else "gloo"
+    state, curv = torch.device(device), torch.device(curvature_device or device)
+    return "nccl" if state.type == curv.type == "cuda" and state != curv else "gloo"
 
 
 def encode(obj: Any) -> Tensor:
@@ -95,8 +101,9 @@ def encode(obj: Any) -> Tensor:
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
-def decode(data: Tensor) -> Any:
-    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=True)
+def decode(data: Tensor, map_location: torch.device | str = "cpu") -> Any:
+    """A message onto the receiver's compute device (a θ sent from cuda:0 arrives on the worker's)."""
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location=map_location, weights_only=True)
 
 
 @dataclass
@@ -105,7 +112,8 @@ class Channel:
 
     peer: int
     name: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the bytes travel
+    compute: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where messages are decoded
     max_inflight: int = 8
     timeout_s: float = 600.0
     alive: Callable[[], bool] = lambda: True
@@ -161,14 +169,15 @@ class Channel:
         kind, nbytes = (int(x) for x in header.tolist())
         payload = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         self._wait(self._guard(lambda: dist.irecv(payload, self.peer), what), what)
-        return kind, decode(payload)
+        return kind, decode(payload, self.compute)
 
 
 class RemoteEstimator:
     """Rank 0's view of the worker: the Estimator protocol, implemented by messages."""
 
-    def __init__(self, local: Estimator, channel: Channel, stream: str = "theta") -> None:
+    def __init__(self, local: Estimator, channel: Channel, stream: str = "theta", followers: bool = False) -> None:
         self.local, self.channel, self.stream = local, channel, stream
+        self.followers = followers  # data-parallel: the other data ranks get each reply (pinnctl.dataparallel)
 
     def collect(self, problem: Any, step: StepInfo) -> dict[str, Any]:
         wants = getattr(self.local, "wants", None)
@@ -191,6 +200,10 @@ class RemoteEstimator:
 
     def hypergradient(self, problem: Any, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         reply = self._call(HYPERGRAD, {"theta": theta.detach(), "v": v.detach(), "step": step}, "computing the hypergradient")
+        if self.followers:
+            from .dataparallel import broadcast_reply
+
+            broadcast_reply(reply)
         step_ = reply["theta_step"]
         return HyperResult(reply["h"].to(theta.device), reply["outer_loss"], diagnostics=reply["diagnostics"],
                            theta_step=None if step_ is None else step_.to(theta.device))
@@ -253,25 +266,31 @@ def _loopback_interface() -> str:
     return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
 
 
-def _init_group(rank: int, backend: str, addr: str | None, port: int | None, sock: socket.socket | None = None) -> None:
+def _init_group(rank: int, backend: str, addr: str | None, port: int | None, sock: socket.socket | None = None,
+                data_ranks: int = 1) -> None:
     """Our own rendezvous on 127.0.0.1 when we spawned the worker (the store on ``sock``, gloo's
     pairs on the loopback interface); torchrun's store (env://) under torchrun, where a
-    multi-node launch is the user's choice."""
+    multi-node launch is the user's choice. With data ranks, every rank (the worker too) joins
+    the creation of the data ranks' group."""
     timeout = datetime.timedelta(seconds=STARTUP_TIMEOUT_S)  # rendezvous; waits set their own
     if addr is None:
         dist.init_process_group(backend, timeout=timeout)
-        return
-    store = dist.TCPStore(addr, port, 2, rank == 0, timeout=timeout, wait_for_workers=False,
-                          **({"master_listen_fd": sock.detach()} if sock is not None else {}))  # the store owns it now
-    saved = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
-    try:
-        dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
-    finally:
-        if saved is None:
-            os.environ.pop("GLOO_SOCKET_IFNAME", None)
-        else:
-            os.environ["GLOO_SOCKET_IFNAME"] = saved
+    else:
+        store = dist.TCPStore(addr, port, 2, rank == 0, timeout=timeout, wait_for_workers=False,
+                              **({"master_listen_fd": sock.detach()} if sock is not None else {}))  # the store owns it now
+        saved = os.environ.get("GLOO_SOCKET_IFNAME")
+        os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
+        try:
+            dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
+        finally:
+            if saved is None:
+                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+            else:
+                os.environ["GLOO_SOCKET_IFNAME"] = saved
+    if data_ranks > 1:
+        from .dataparallel import set_group
+
+        set_group(dist.new_group(list(range(data_ranks))))
 
 
 def _parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -288,11 +307,14 @@ def worker_main(config: dict[str, Any], addr: str | None = None, port: int | Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = configmod.from_dict(config)
     torch.set_num_threads(threads_per_process(cfg))
-    _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port)
-    setup = build(cfg)
+    here = torch.device(curvature_device(cfg))
+    if here.type == "cuda":
+        torch.cuda.set_device(here)  # NCCL binds a rank to the current device
+    _init_group(1, backend_for(cfg.device, cfg.curvature_device), addr, port, data_ranks=cfg.parallel.data_ranks)
+    setup = build(cfg, device=str(here), role="worker")  # the worker's problem (batches, θ, v) lives on its device
     problem, estimator = setup.problem, setup.estimator
     alive = _parent_alive(parent_pid) if parent_pid is not None else (lambda: True)
-    channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, cfg.curvature_device),
+    channel = Channel(peer=0, name="rank 0 (inner loop)", device=_comm_device(cfg, here), compute=here,
                       max_inflight=cfg.parallel.max_inflight, timeout_s=float("inf"), alive=alive)
     try:
         channel.send(READY, {})
@@ -308,7 +330,7 @@ def worker_entry() -> None:
     worker_main(json.loads(config), addr, int(port), int(parent))
 
 
-def _comm_device(cfg: Any, device: str) -> torch.device:
+def _comm_device(cfg: Any, device: torch.device | str) -> torch.device:
     return torch.device(device) if backend_for(cfg.device, cfg.curvature_device) == "nccl" else torch.device("cpu")
 
 
@@ -321,7 +343,7 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
     backend = backend_for(cfg.device, cfg.curvature_device)
     proc = None
     if torchrun_rank() is not None:
-        check_torchrun_world()
+        check_torchrun_world(cfg.parallel.data_ranks)
         addr, port, sock = None, None, None
         alive: Callable[[], bool] = lambda: True
     else:
@@ -332,18 +354,21 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
         proc = subprocess.Popen([sys.executable, "-c", "from pinnctl.parallel import worker_entry; worker_entry()",
                                  json.dumps(config_dict), addr, str(port), str(os.getpid())])
         alive = lambda: proc.poll() is None
+    if torch.device(cfg.device).type == "cuda":
+        torch.cuda.set_device(torch.device(cfg.device))  # NCCL binds a rank to the current device
     threads = torch.get_num_threads()
     torch.set_num_threads(threads_per_process(cfg))
-    name = f"curvature worker (rank 1{f', pid {proc.pid}' if proc else ''}, {cfg.curvature_device})"
+    name = f"curvature worker (rank 1{f', pid {proc.pid}' if proc else ''}, {curvature_device(cfg)})"
     ok = False
     try:
         try:
-            _init_group(0, backend, addr, port, sock)
+            _init_group(0, backend, addr, port, sock, data_ranks=cfg.parallel.data_ranks)
         except RuntimeError as e:
             raise WorkerError(f"{name} did not join within {STARTUP_TIMEOUT_S:g} s: {str(e).splitlines()[0][:160]}") from None
-        channel = Channel(peer=1, name=name, device=_comm_device(cfg, cfg.device), max_inflight=cfg.parallel.max_inflight,
+        channel = Channel(peer=cfg.parallel.data_ranks, name=name, device=_comm_device(cfg, cfg.device), compute=torch.device(cfg.device),
+                          max_inflight=cfg.parallel.max_inflight,
                           timeout_s=cfg.parallel.timeout_s, alive=alive)
-        remote = RemoteEstimator(local, channel, cfg.parallel.stream)
+        remote = RemoteEstimator(local, channel, cfg.parallel.stream, followers=cfg.parallel.data_ranks > 1)
         channel.timeout_s = max(cfg.parallel.timeout_s, STARTUP_TIMEOUT_S)  # start-up is not a hang
         kind, _ = channel.recv("starting (importing torch, building the problem)")
         channel.timeout_s = cfg.parallel.timeout_s
@@ -372,9 +397,11 @@ def parallel_estimator(cfg: Any, local: Estimator, config_dict: dict[str, Any]) 
                 _abort_group()
 
 
-def check_torchrun_world() -> None:
-    if int(os.environ["WORLD_SIZE"]) != 2:
-        raise PinnctlError(f"--parallel under torchrun needs exactly 2 processes, got WORLD_SIZE={os.environ['WORLD_SIZE']}")
+def check_torchrun_world(data_ranks: int = 1) -> None:
+    """torchrun's world: the data ranks (0…K−1) and the curvature worker (rank K)."""
+    if int(os.environ["WORLD_SIZE"]) != data_ranks + 1:
+        raise PinnctlError(f"--parallel under torchrun with parallel.data_ranks={data_ranks} needs exactly {data_ranks + 1} "
+                           f"processes, got WORLD_SIZE={os.environ['WORLD_SIZE']}")
 
 
 def _abort_group() -> None:

@@ -151,9 +151,9 @@ def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     times = [t0 + s * (t1 - t0) for s in SNAPSHOT_TIMES]
     X, Y = np.meshgrid(xs, ys, indexing="ij")
     pts = np.concatenate([np.stack([X.ravel(), Y.ravel(), np.full(X.size, t)], axis=1) for t in times])
-    theta = torch.as_tensor(arrays["state/theta"])
+    theta = torch.as_tensor(arrays["state/theta"], device="cpu")  # host-side figure work
     with torch.no_grad():
-        u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype))[:, 0].double().numpy()
+        u = problem.state.forward(theta, torch.as_tensor(pts, dtype=theta.dtype, device=theta.device))[:, 0].double().cpu().numpy()
     exact = ref.state((arrays["control/t"], arrays["control/f"]), pts)
     if exact is None:
         return None

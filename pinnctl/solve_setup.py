@@ -4,9 +4,11 @@ the CLI (rank 0) and by the curvature worker (rank 1), so both build the same ob
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Any
 
-from . import PinnctlError
+import torch
+
 from .hypergrad.base import Estimator
 from .core import BilevelProblem
 from .problem import SamplingConfig
@@ -24,25 +26,36 @@ def sampling_config(cfg: Any) -> SamplingConfig:
 
 
 def check_devices(cfg: Any) -> None:
-    """The transport already picks NCCL for two CUDA devices (pinnctl.parallel), but the problem
-    compilers still create every tensor on the CPU: refuse GPU devices rather than pretend."""
-    for key in ("device", "curvature_device"):
-        if getattr(cfg, key) != "cpu":
-            raise PinnctlError(f"{key} '{getattr(cfg, key)}': only 'cpu' is supported so far (the problem compilers "
-                               "place θ, v and the batches on the CPU)")
+    """Both devices exist on this machine (one-line errors naming the device and the CUDA count)."""
+    from .devices import check_config
+
+    check_config(cfg)
 
 
-def build(cfg: Any, problem_obj: Any | None = None) -> Setup:
+def build(cfg: Any, problem_obj: Any | None = None, device: str | None = None, role: str = "state") -> Setup:
+    """The compiled problem on ``device`` (default ``cfg.device``; the curvature worker passes its
+    own and ``role="worker"``) and the estimator. Inline, an NHGD curvature on another device is
+    placed there; a data rank (parallel.data_ranks > 1) sees its shard of the problem."""
+    from .devices import curvature_device
     from .discovery import find
     from .hypergrad import make_method
+    from .hypergrad.curvature import Placed
     from .problem import compile_problem
 
     check_devices(cfg)
+    device = device or cfg.device
     if problem_obj is None:
         problem_obj = find(cfg.problem).build(**cfg.params)
     estimator = make_method(cfg.method.name, cfg.method.options)
+    curv_dev = torch.device(curvature_device(cfg))
+    if not cfg.parallel.enabled and hasattr(estimator, "curvature") and curv_dev != torch.device(device):
+        estimator.curvature = Placed(estimator.curvature, curv_dev)
     if hasattr(problem_obj, "compile"):  # non-PDE problems (classification) compile themselves
-        problem = problem_obj.compile(seed=cfg.seed)
+        problem = problem_obj.compile(seed=cfg.seed, device=device)
     else:
-        problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed)
+        problem = compile_problem(problem_obj, sampling_config(cfg), seed=cfg.seed, device=device)
+    if role == "state" and cfg.parallel.enabled and cfg.parallel.data_ranks > 1:
+        from .dataparallel import sharded
+
+        problem = sharded(problem, int(os.environ["RANK"]), cfg.parallel.data_ranks)
     return Setup(problem_obj, problem, estimator)

@@ -17,22 +17,26 @@ from .core import Batch, BilevelProblem
 
 
 def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=torch.float64,
-              indefinite: bool = False) -> tuple[BilevelProblem, dict]:
+              indefinite: bool = False, device: torch.device | str = "cpu") -> tuple[BilevelProblem, dict]:
     """ℓ = ½θᵀAθ − θᵀBv, f = ½‖θ − c‖² + ½α‖v‖². Returns the problem and the closed forms
     (θ*(v), Φ, ∇Φ and the outer optimum v* = (BᵀA⁻²B + αI)⁻¹BᵀA⁻¹c).
 
     ``indefinite`` flips A's curvature along one eigenvector (θ* is then a saddle): for
-    checking that solvers report non-SPD curvature instead of returning NaN.
+    checking that solvers report non-SPD curvature instead of returning NaN. The data are
+    drawn and built on the CPU (the same numbers on every device), then moved to ``device``.
     """
     g = torch.Generator().manual_seed(seed)
-    Q = torch.randn(p, p, generator=g, dtype=dtype)
-    A = Q @ Q.T / p + torch.eye(p, dtype=dtype)
+    cpu = g.device
+    Q = torch.randn(p, p, generator=g, dtype=dtype, device=cpu)
+    A = Q @ Q.T / p + torch.eye(p, dtype=dtype, device=cpu)
     if indefinite:
         evals, evecs = torch.linalg.eigh(A)
         evals[0] = -evals[0]
         A = evecs @ torch.diag(evals) @ evecs.T
-    B = torch.randn(p, q, generator=g, dtype=dtype)
-    c = torch.randn(p, generator=g, dtype=dtype)
+    B = torch.randn(p, q, generator=g, dtype=dtype, device=cpu)
+    c = torch.randn(p, generator=g, dtype=dtype, device=cpu)
+    v0 = torch.randn(q, generator=g, dtype=dtype, device=cpu)
+    A, B, c, v0 = (x.to(device) for x in (A, B, c, v0))
     batch: Batch = {}
 
     def inner_terms(theta: Tensor, v: Tensor, batch: Batch) -> dict[str, Tensor]:
@@ -54,10 +58,10 @@ def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=t
         return B.T @ torch.linalg.solve(A, theta_star(v) - c) + alpha * v
 
     Ainv_B = torch.linalg.solve(A, B)
-    v_star = torch.linalg.solve(Ainv_B.T @ Ainv_B + alpha * torch.eye(q, dtype=dtype), Ainv_B.T @ c)
+    v_star = torch.linalg.solve(Ainv_B.T @ Ainv_B + alpha * torch.eye(q, dtype=dtype, device=c.device), Ainv_B.T @ c)
 
     prob = BilevelProblem(
-        name="quadratic", theta0=torch.zeros(p, dtype=dtype), v0=torch.randn(q, generator=g, dtype=dtype),
+        name="quadratic", theta0=c.new_zeros(p), v0=v0,
         inner_terms=inner_terms, outer_loss=outer_loss, sample=lambda step: batch, full_batch=lambda: batch,
         outer_residuals=outer_residuals,
     )
@@ -66,18 +70,20 @@ def quadratic(p: int = 6, q: int = 3, alpha: float = 0.1, seed: int = 0, dtype=t
 
 def logistic_cleaning(n_train: int = 200, n_val: int = 100, dim: int = 5, classes: int = 3, noise: float = 0.3,
                       lam: float = 1e-2, batch_size: int | None = None, seed: int = 0,
-                      dtype=torch.float64) -> BilevelProblem:
+                      dtype=torch.float64, device: torch.device | str = "cpu") -> BilevelProblem:
     """Synthetic Gaussian data for ``classification.cleaning_problem``: weighted NLL + λ‖θ‖²
-    inside, clean validation NLL outside (θ laid out like one linear layer, for K-FAC)."""
+    inside, clean validation NLL outside (θ laid out like one linear layer, for K-FAC).
+    Drawn on the CPU, then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
-    W_true = torch.randn(classes, dim, generator=g, dtype=dtype) * 2
+    cpu = g.device
+    W_true = torch.randn(classes, dim, generator=g, dtype=dtype, device=cpu) * 2
 
     def make(n: int, corrupt: float) -> tuple[Tensor, Tensor]:
-        x = torch.randn(n, dim, generator=g, dtype=dtype)
+        x = torch.randn(n, dim, generator=g, dtype=dtype, device=cpu)
         y = (x @ W_true.T).argmax(1)
-        flip = torch.rand(n, generator=g, dtype=dtype) < corrupt
-        y = torch.where(flip, torch.randint(0, classes, (n,), generator=g), y)
-        return x, y
+        flip = torch.rand(n, generator=g, dtype=dtype, device=cpu) < corrupt
+        y = torch.where(flip, torch.randint(0, classes, (n,), generator=g, device=cpu), y)
+        return x.to(device), y.to(device)
 
     x_tr, y_tr = make(n_train, noise)
     x_val, y_val = make(n_val, 0.0)
@@ -108,8 +114,8 @@ def toy_cleaning(n_train: int = 40, n_val: int = 20, batch_size: int = 10) -> Cl
 
     return ClassificationProblem(
         name="toy_cleaning", description="synthetic logistic data cleaning (tests)",
-        build=lambda seed: logistic_cleaning(n_train=n_train, n_val=n_val, dim=3, classes=3, batch_size=batch_size,
-                                             seed=seed),
+        build=lambda seed, device="cpu": logistic_cleaning(n_train=n_train, n_val=n_val, dim=3, classes=3,
+                                                           batch_size=batch_size, seed=seed, device=device),
         params={"n_train": n_train, "n_val": n_val, "batch_size": batch_size},
         defaults={"pretrain.steps": 5, "inner.steps": 3, "inner.lr": 0.1, "inner.optimizer": "sgd", "outer.lr": 0.1,
                   "outer.optimizer": "sgd", "outer.clip": 0.0, "outer.steps": 3, "certify_every": 0},

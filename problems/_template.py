@@ -13,7 +13,7 @@ from pinnctl.problem import Boundary, Grid, Initial, Interior, Neumann, PDEProbl
 
 
 def target(x):  # ► the state you want, at points x = (space..., time), one row per point
-    return torch.zeros(x.shape[0])
+    return x.new_zeros(x.shape[0])
 
 
 def make(nu: float = 0.1) -> PDEProblem:  # keyword defaults become `--set params.nu=...`

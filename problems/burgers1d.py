@@ -16,7 +16,7 @@ def make(nu: float = 0.05) -> PDEProblem:
     z = ref.target(nu)  # u(x, T) reached from g*(x) = -sin(pi x), by the reference solver
 
     def target(x):
-        return torch.as_tensor(np.interp(x[:, 0].numpy(), ref.OBJ_X, z), dtype=x.dtype)
+        return torch.as_tensor(np.interp(x[:, 0].cpu().numpy(), ref.OBJ_X, z), dtype=x.dtype, device=x.device)
 
     def residual(x, u, f, ops):  # u_t + u u_x - nu u_xx = 0 (f is unused: the control acts at t = 0)
         return ops.dt(u, x) + u * ops.dx(u, x, 0) - nu * ops.laplacian(u, x, space=(0,))

@@ -9,13 +9,15 @@ from pinnctl.data import load
 
 def make(dataset: str = "mnist", n_train: int = 50000, n_val: int = 5000, corruption: float = 0.5,
          lam: float = 1e-4, batch_size: int = 1024, data_dir: str = "") -> ClassificationProblem:
-    def build(seed: int):
+    def build(seed: int, device: str = "cpu"):
         x, y = load(dataset, "train", data_dir or None)
         x_test, y_test = load(dataset, "test", data_dir or None)
         perm = np.random.default_rng(seed).permutation(len(x))
         tr, va = perm[:n_train], perm[n_train:n_train + n_val]
         y_noisy, flipped = corrupt_labels(y[tr], corruption, seed)
-        t = torch.as_tensor
+        def t(a):  # the data go straight to the run's device
+            return torch.as_tensor(a, device=device)
+
         return cleaning_problem(t(x[tr]), t(y_noisy), t(x[va]), t(y[va]), lam=lam, batch_size=batch_size,
                                 x_test=t(x_test), y_test=t(y_test), seed=seed,
                                 info={"dataset": dataset, "corrupted_fraction": float(flipped.mean())})

@@ -8,10 +8,12 @@ from pinnctl.data import load
 
 def make(dataset: str = "fashion-mnist", per_class: int = 5, lam: float = 1 / 15680, outer_batch: int = 0,
          data_dir: str = "") -> ClassificationProblem:
-    def build(seed: int):
+    def build(seed: int, device: str = "cpu"):
         x, y = load(dataset, "train", data_dir or None)
         x_test, y_test = load(dataset, "test", data_dir or None)
-        t = torch.as_tensor
+        def t(a):  # the data go straight to the run's device
+            return torch.as_tensor(a, device=device)
+
         return distillation_problem(t(x), t(y), t(x_test), t(y_test), per_class=per_class, lam=lam,
                                     outer_batch=outer_batch or None, seed=seed)
 

@@ -1,6 +1,6 @@
 """The curvature worker over torch.distributed (gloo on CPU): equivalence with inline mode,
-faults (killed and hung worker), bounded in-flight buffer. GPU devices are refused until the
-problem compilers place tensors on them (docs/parallel.md), so there is no NCCL run to test yet."""
+faults (killed and hung worker), bounded in-flight buffer. This machine has no GPU: the NCCL and
+one-GPU layouts are checked for their backend choice and device placement of messages only."""
 
 from __future__ import annotations
 
@@ -60,6 +60,15 @@ def test_message_codec_roundtrip():
 def test_backend_follows_devices():
     assert backend_for("cpu", "cpu") == "gloo" and backend_for("cuda:0", "cpu") == "gloo"
     assert backend_for("cuda:0", "cuda:1") == "nccl"
+    # one GPU: NCCL refuses two ranks on one device, so the bytes go through host memory
+    assert backend_for("cuda:0", "cuda:0") == "gloo" and backend_for("cuda:0", "") == "gloo"
+
+
+def test_messages_decode_onto_the_receivers_device():
+    """A message saved on one device is loaded onto the receiver's (map_location); "meta" stands
+    in for a second device on a machine without one."""
+    back = decode(encode({"theta": torch.ones(3), "info": {"a": 1.0}}), torch.device("meta"))
+    assert back["theta"].device.type == "meta" and back["theta"].shape == (3,) and back["info"] == {"a": 1.0}
 
 
 @pytest.mark.parametrize("stream", ["theta", "stats"])
@@ -170,11 +179,13 @@ def test_backpressure_bounds_the_buffer_over_500_inner_steps(tmp_path):
     assert worker["peak_inflight"] == 4 and worker["backpressure_wait_s"] > 0
 
 
-def test_gpu_devices_are_refused_until_supported(capsys):
-    """The NCCL transport exists (backend_for), but the compilers place tensors on the CPU only."""
-    assert main(["solve", "heat2d", "--preset", "smoke", "--parallel", "--set", "device=cuda:0",
+def test_cuda_devices_on_a_machine_without_cuda_are_one_line_errors(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["solve", "heat2d", "--preset", "smoke", "--parallel", "--set", "device=cpu",
                  "--set", "curvature_device=cuda:1"]) == 2
-    assert "only 'cpu' is supported so far" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "curvature_device 'cuda:1'" in err and "device_count() = 0" in err
+    assert not _workers()
 
 
 @pytest.mark.parametrize("key, value, match", [("parallel.stream", "grads", "unknown parallel.stream 'grads'"),

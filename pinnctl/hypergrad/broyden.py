@@ -79,8 +79,8 @@ def broyden_solve(matvec: Matvec, b: Tensor, *, threshold: int = 30, eps: float 
     x = bhat.clone()
     fx = F(x)
     alpha = 0.5 * max(float(x.norm()), 1.0) / max(float(fx.norm()), 1e-300)
-    U = torch.zeros(n, threshold, dtype=b.dtype)
-    V = torch.zeros(threshold, n, dtype=b.dtype)
+    U = b.new_zeros(n, threshold)
+    V = b.new_zeros(threshold, n)
     rank = 0
 
     def inv_apply(y: Tensor) -> Tensor:  # B⁻¹ y

@@ -102,7 +102,7 @@ class EFIM:
             self.row_weights = [self.row_weights[i] for i in keep]
             return
         if self.A is None:
-            self.A = torch.eye(p, dtype=torch.float64) / self.opts.efim_lambda0
+            self.A = torch.eye(p, dtype=torch.float64, device=g.device) / self.opts.efim_lambda0
         self.A = sherman_morrison_smoothed(self.A, g, beta)
 
     def solve(self, b: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class EFIM:
             if self.A is None:
                 return b / self.opts.efim_lambda0
             return self.A @ b
-        rows = torch.stack(self.rows) * torch.tensor(self.row_weights, dtype=torch.float64).sqrt()[:, None]
+        rows = torch.stack(self.rows) * torch.tensor(self.row_weights, dtype=torch.float64, device=b.device).sqrt()[:, None]
         return LowRankPlusDamping(rows=rows, damping=max(self.scale, self.opts.efim_floor)).solve(b)
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,13 +123,14 @@ class EFIM:
 
 
 def _subsample(batch: dict[str, Tensor], rows: int, seed: int) -> dict[str, Tensor]:
-    """A random subset of each condition's points, proportional to its size (≥ 1 each)."""
+    """A random subset of each condition's points, proportional to its size (≥ 1 each); the
+    permutations are drawn on the CPU, so every device picks the same points."""
     total = sum(x.shape[0] for x in batch.values())
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, x in batch.items():
         m = max(1, min(x.shape[0], round(rows * x.shape[0] / total)))
-        out[name] = x[torch.randperm(x.shape[0], generator=g)[:m]]
+        out[name] = x[torch.randperm(x.shape[0], generator=g, device=g.device)[:m].to(x.device)]
     return out
 
 
@@ -185,7 +186,7 @@ class KFAC:
         out = {}
         for k, (A, B) in enumerate(pairs):
             out[f"A{k}"], out[f"B{k}"] = A.detach(), B.detach()
-        out["shapes"] = torch.tensor(problem.layer_shapes)
+        out["shapes"] = torch.tensor(problem.layer_shapes, device="cpu")  # metadata: read with .tolist()
         return out
 
     def observe(self, stats: dict[str, Tensor]) -> None:
@@ -219,6 +220,32 @@ class KFAC:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.factors, self.shapes, self._eig = state["factors"], state["shapes"], None
 
+
+class Placed:
+    """A curvature kept on another device than the inner loop (inline runs with
+    curvature_device ≠ device): each step's statistics move there, solves move b there and
+    the result back. ``collect`` stays where the inner loop's tensors are."""
+
+    def __init__(self, inner: Curvature, device: torch.device | str) -> None:
+        self.inner, self.device = inner, torch.device(device)
+        self.auto_refine = inner.auto_refine
+
+    def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
+        return self.inner.collect(problem, step)
+
+    def observe(self, stats: dict[str, Tensor]) -> None:
+        self.inner.observe({k: x.to(self.device) for k, x in stats.items()})
+
+    def solve(self, b: Tensor) -> Tensor:
+        return self.inner.solve(b.to(self.device)).to(b.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from ..devices import to_device
+
+        self.inner.load_state_dict(to_device(state, self.device))
 
 
 

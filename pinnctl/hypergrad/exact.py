@@ -32,7 +32,7 @@ def exact_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, *, 
         else:
             J = jacobian_rows(problem, theta, v, batch).double()
             M = J.T @ J
-        M = M + damping * torch.eye(p, dtype=torch.float64)
+        M = M + damping * torch.eye(p, dtype=torch.float64, device=M.device)
         return torch.linalg.solve(M, b.double()), {"dense": 1.0}
     op = curvature_operator(problem, theta, v, batch, matrix)
 

@@ -94,7 +94,7 @@ class LowRankPlusDamping:
     def solve(self, b: Tensor) -> Tensor:
         J, b = self._J(), b.to(torch.float64)
         n = J.shape[0]
-        gram = self.scale * (J @ J.T) + self.damping * torch.eye(n, dtype=torch.float64)
+        gram = self.scale * (J @ J.T) + self.damping * torch.eye(n, dtype=torch.float64, device=J.device)
         rhs = J @ b
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
@@ -138,7 +138,7 @@ def kron_inverse_apply(A: Tensor, B: Tensor, V: Tensor, damping: float) -> Tenso
 def random_start(like: Tensor, seed: int) -> Tensor:
     """A power iteration's start vector, shaped and placed like ``like`` (float64): seeded on the
     CPU generator, so runs repeat on any device."""
-    x = torch.randn(like.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(like.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed), device="cpu")
     return x.to(like.device)
 
 

@@ -101,7 +101,7 @@ class StocBiO(_HVPMethod):
 @register("ttsa")
 class TTSA(_HVPMethod):
     def solve(self, H: Any, b: Tensor, step: int) -> Tensor:
-        q = int(torch.randint(0, self.opts.terms, (1,), generator=torch.Generator().manual_seed(step)))
+        q = int(torch.randint(0, self.opts.terms, (1,), generator=torch.Generator().manual_seed(step), device="cpu"))
         p = b.clone()
         for _ in range(q):
             p = p - self.eta * H(p)

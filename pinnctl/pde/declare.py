@@ -80,7 +80,7 @@ class _NetControl:
 
     def constant(self, value: float) -> Tensor:
         """Parameters that make f ≡ value (zero weights, last bias = value)."""
-        v = torch.zeros(self.net.n_params)
+        v = torch.zeros(self.net.n_params, device="cpu")  # moved with θ₀ by compile_problem
         v[-self.net.n_out :] = float(value)
         return v
 
@@ -164,10 +164,10 @@ class VectorControl:
         return math.log(s / (1 - s))
 
     def init(self, seed: int) -> Tensor:
-        return torch.full((self.size,), self._raw(self.init_value))
+        return torch.full((self.size,), self._raw(self.init_value), device="cpu")  # moved by compile_problem
 
     def constant(self, value: float) -> Tensor:
-        return torch.full((self.size,), self._raw(float(value)))
+        return torch.full((self.size,), self._raw(float(value)), device="cpu")
 
     def vector(self, v: Tensor) -> Tensor:
         """The bounded entries the problem sees."""
