@@ -16,7 +16,7 @@ A new condition type is one class with these four members; the compiler does not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -183,8 +183,10 @@ def _box_normals(domain: Any, x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Boundary:
-    """Dirichlet condition (output) u = value on the boundary part ``where`` (default: all of it)."""
+class _BoundaryPart:
+    """What every boundary condition shares: data ``value`` on the part ``where`` (default: all
+    of it) of one output, sampled per face; ``uses_normals`` says whether the points carry the
+    outward normals their residual needs."""
 
     value: Value = 0.0
     n_per_side: int = 256
@@ -192,14 +194,21 @@ class Boundary:
     where: Where = None
     output: str | None = None
 
-    def points(self, domain, time, seed, scheme):
-        return boundary_samples(domain, time, self.where, self.n_per_side, seed, scheme, normals=False)
+    uses_normals: ClassVar[bool] = False
 
-    def residual(self, at: At):
-        return at.output(self.output) - at.value(self.value)
+    def points(self, domain, time, seed, scheme):
+        return boundary_samples(domain, time, self.where, self.n_per_side, seed, scheme, normals=self.uses_normals)
 
     def source(self) -> ControlRef | None:
         return _value_source(self.value)
+
+
+@dataclass(frozen=True)
+class Boundary(_BoundaryPart):
+    """Dirichlet condition (output) u = value on the boundary part ``where`` (default: all of it)."""
+
+    def residual(self, at: At):
+        return at.output(self.output) - at.value(self.value)
 
 
 def normal_derivative(at: At, output: str | None) -> Tensor:
@@ -209,46 +218,27 @@ def normal_derivative(at: At, output: str | None) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Neumann:
+class Neumann(_BoundaryPart):
     """Neumann condition ∂u/∂n = value on the boundary part ``where`` (outward normal n)."""
 
-    value: Value = 0.0
-    n_per_side: int = 256
-    weight: float = 1.0
-    where: Where = None
-    output: str | None = None
-
-    def points(self, domain, time, seed, scheme):
-        return boundary_samples(domain, time, self.where, self.n_per_side, seed, scheme, normals=True)
+    uses_normals: ClassVar[bool] = True
 
     def residual(self, at: At):
         return normal_derivative(at, self.output) - at.value(self.value)
 
-    def source(self) -> ControlRef | None:
-        return _value_source(self.value)
-
 
 @dataclass(frozen=True)
-class Robin:
+class Robin(_BoundaryPart):
     """Robin condition a·u + b·∂u/∂n = value on the boundary part ``where``."""
 
     a: float = 1.0
     b: float = 1.0
-    value: Value = 0.0
-    n_per_side: int = 256
-    weight: float = 1.0
-    where: Where = None
-    output: str | None = None
 
-    def points(self, domain, time, seed, scheme):
-        return boundary_samples(domain, time, self.where, self.n_per_side, seed, scheme, normals=True)
+    uses_normals: ClassVar[bool] = True
 
     def residual(self, at: At):
         u = at.output(self.output)
         return self.a * u + self.b * normal_derivative(at, self.output) - at.value(self.value)
-
-    def source(self) -> ControlRef | None:
-        return _value_source(self.value)
 
 
 # ----------------------------------------------------------------------------- observations
