@@ -16,6 +16,19 @@ class RunError(PinnctlError):
     bad input is exit code 2."""
 
 
+def one_line(e: BaseException, typed: bool = True) -> str:
+    """The first line of an exception's message (at most 200 characters, torch's colour codes
+    removed), prefixed by its type when ``typed``: how a foreign error becomes part of a
+    one-line PinnctlError."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    if not text:
+        return type(e).__name__
+    first = text.splitlines()[0][:200]
+    return f"{type(e).__name__}: {first}" if typed else first
+
+
 class PinnctlWarning(UserWarning):
     """Warnings raised by pinnctl itself (tests turn them into errors)."""
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import PinnctlError
+from . import PinnctlError, one_line
 from . import config as configmod
 
 
@@ -356,7 +356,7 @@ def compile_setup(cfg: configmod.Config, problem_obj: Any, snap: dict[str, Any] 
     except PinnctlError:
         raise
     except Exception as e:
-        raise PinnctlError(f"problem '{cfg.problem}' does not compile: {_one_line(e)}") from None
+        raise PinnctlError(f"problem '{cfg.problem}' does not compile: {one_line(e)}") from None
     for key, what, now in (("theta", "state net", setup.problem.theta0), ("v", "control", setup.problem.v0)):
         if snap is not None and snap[key].numel() != now.numel():
             raise PinnctlError(f"--resume {run_dir}: the checkpoint's {what} has {snap[key].numel()} parameters, the "
@@ -409,7 +409,7 @@ def _record_failure(out: Path, cfg: configmod.Config, bilevel: bool, e: BaseExce
         status, message = "interrupted", "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
     else:
         status = "diverged" if isinstance(e, DivergenceError) else "failed"
-        message = str(e) if isinstance(e, PinnctlError) else _one_line(e)
+        message = str(e) if isinstance(e, PinnctlError) else one_line(e)
     error = RunError(message)
     if not isinstance(e, (PinnctlError, KeyboardInterrupt)):
         (out / "error.txt").write_text("".join(traceback.format_exception(e)))
@@ -425,10 +425,6 @@ def _record_failure(out: Path, cfg: configmod.Config, bilevel: bool, e: BaseExce
         _print(f"run stopped ({status}); history in {out / runs.RUN_FILE}, {hint}", quiet=False)
     return error
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def _readable(run_file: Path) -> bool:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import PinnctlError
+from . import PinnctlError, one_line
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "pinnctl-checkpoint/2"
@@ -66,10 +65,6 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def _first_line(e: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its messages
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
 
 def load(path: str | Path) -> dict[str, Any]:
     """The checkpoint's payload; a missing, empty, truncated, foreign or corrupted file is a
@@ -86,7 +81,7 @@ def load(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, corrupt or foreign files
         raise PinnctlError(f"checkpoint {path} is unreadable, truncated or not a pinnctl checkpoint: "
-                           f"{_first_line(e)}") from None
+                           f"{one_line(e, typed=False)}") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *OLD_FORMATS):
         raise PinnctlError(f"{path} is not a {FORMAT} checkpoint")
     if payload["format"] == FORMAT:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import PinnctlError
+from . import PinnctlError, one_line
 
 ENV_VAR = "PINNCTL_PROBLEMS"
 
@@ -54,7 +54,7 @@ class ProblemEntry:
         except PinnctlError as e:
             raise PinnctlError(f"{self.path}: {e}") from None
         except Exception as e:
-            raise PinnctlError(f"{self.path}: make() raised {_one_line(e)}") from None
+            raise PinnctlError(f"{self.path}: make() raised {one_line(e)}") from None
         if not hasattr(obj, "name") or not (hasattr(obj, "conditions") or hasattr(obj, "compile")):
             raise PinnctlError(f"{self.path}: make() returned {type(obj).__name__}, not a problem (PDEProblem or an object with compile)")
         if obj.name != self.name:
@@ -79,10 +79,6 @@ def _check_param(problem: str, key: str, value: Any, param: inspect.Parameter) -
     if not ok:
         raise PinnctlError(f"problem '{problem}' parameter '{key}' expects {typ.__name__}, got {value!r}")
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 @dataclass
@@ -164,7 +160,7 @@ def load_file(path: Path) -> ProblemEntry:
     except SystemExit as e:  # a script-style file: report it, never let it end pinnctl
         raise PinnctlError(f"{path}: called sys.exit({e.code!r}) at import; a problem file must not exit") from None
     except Exception as e:
-        raise PinnctlError(f"{path}: {_one_line(e)}") from None
+        raise PinnctlError(f"{path}: {one_line(e)}") from None
     name, obj = _name_and_object(module, path)
     return ProblemEntry(name=name, path=path, description=_describe(module, obj), module=module)
 
