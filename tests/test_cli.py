@@ -86,7 +86,7 @@ def test_solve_smoke_writes_run_files_and_compare_reads_them(tmp_path, capsys, m
     assert main(["solve", "heat2d", "--preset", "smoke", "--method", method, "--out", str(out), *sets]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done" and summary["outer_steps"] == 2
-    j_star = summary["J_star_grid"]
+    j_star = summary["J_star"]
     assert j_star == pytest.approx(2.172582e-02, rel=1e-5) and summary["certified"]["grid"] > j_star
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp.png")]) == 0
     text = capsys.readouterr().out
