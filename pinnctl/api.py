@@ -162,12 +162,12 @@ def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
     j_star = optimum.J if optimum is not None else None
     run_file = out / runs.RUN_FILE
     if resume is None:
-        runs.create(out, config=configmod.to_dict(cfg), j_star=j_star)
+        runs.create(out, config=configmod.to_dict(cfg), j_star=j_star, measure=measure)
         if optimum is not None and optimum.t is not None:
             runs.write_reference(run_file, optimum.t, optimum.f)
     else:
         if not _readable(run_file):
-            _rebuild_run_file(out, cfg, resume, j_star, optimum)
+            _rebuild_run_file(out, cfg, resume, j_star, optimum, measure)
             _print(f"{run_file} was missing or unreadable: rebuilt from the checkpoint's config and history", quiet=quiet)
         runs.truncate(run_file, int(resume["outer_step"]))
         runs.set_status(run_file, "running", config=configmod.to_dict(cfg))
@@ -206,7 +206,8 @@ def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
     summary: dict[str, Any] = {
         "final_outer_loss": last["outer_loss"] if last else None,
         "certified": last["certified"] if last else {},
-        "J_star_grid": j_star,
+        "J_star": j_star,
+        "measure": measure,
         "outer_steps": len(history),
         "wall_time_s": last["wall_time"] if last else result.pretrain_time,
         "pretrain_time_s": result.pretrain_time,
@@ -437,14 +438,15 @@ def _readable(run_file: Path) -> bool:
         return False
 
 
-def _rebuild_run_file(out: Path, cfg: configmod.Config, snap: dict[str, Any], j_star: float | None, optimum: Any) -> None:
+def _rebuild_run_file(out: Path, cfg: configmod.Config, snap: dict[str, Any], j_star: float | None, optimum: Any,
+                      measure: str) -> None:
     from . import runs
 
     run_file = out / runs.RUN_FILE
     if run_file.exists():  # unreadable: kept beside the new one, never deleted
         run_file.replace(run_file.with_suffix(".h5.unreadable"))
     history = {k: v.numpy() for k, v in snap.get("history", {}).items()}
-    runs.rebuild(out, config=configmod.to_dict(cfg), history=history, j_star=j_star)
+    runs.rebuild(out, config=configmod.to_dict(cfg), history=history, j_star=j_star, measure=measure)
     if optimum is not None and optimum.t is not None:
         runs.write_reference(run_file, optimum.t, optimum.f)
 
@@ -590,7 +592,7 @@ def reference_report(problem: str, **params: Any) -> str:
 
 class History(dict):
     """One numpy array per recorded quantity, one entry per outer step: ``step``, ``outer_loss``,
-    ``certified/grid``, ``inner_terms/<name>``, ``info/<diagnostic>``, ``metrics/<name>``, timings."""
+    ``certified/<measure>``, ``inner_terms/<name>``, ``info/<diagnostic>``, ``metrics/<name>``, timings."""
 
     def to_pandas(self) -> Any:
         """A DataFrame indexed by outer step (needs pandas, which pinnctl does not require)."""
@@ -664,9 +666,17 @@ class Run:
 
     @property
     def j_star(self) -> float | None:
-        """J* of the grid measure, when the problem has a reference."""
-        value = self._data()["attrs"].get("J_star_grid")
-        return None if value is None else float(value)
+        """J* on the run's certified measure (``measure``), when the problem has a reference."""
+        from . import runs
+
+        return runs.optimum_of(self._data()["attrs"])[0]
+
+    @property
+    def measure(self) -> str:
+        """The certified measure J and J* are reported on (``grid`` for heat2d)."""
+        from . import runs
+
+        return runs.optimum_of(self._data()["attrs"])[1]
 
     def control(self, t: Any) -> Any:
         """The learned control f(t) at times ``t``: linear interpolation of the 401 samples the run
@@ -707,8 +717,9 @@ class Comparison:
     """What ``compare`` returns: the table rows, J*, the figure's path; shown as table and figure
     in a notebook."""
 
-    def __init__(self, rows: list[dict[str, Any]], j_star: float | None, table: str, figure: Path) -> None:
-        self.rows, self.j_star, self.table, self.figure = rows, j_star, table, figure
+    def __init__(self, rows: list[dict[str, Any]], j_star: float | None, table: str, figure: Path,
+                 measure: str = "grid") -> None:
+        self.rows, self.j_star, self.table, self.figure, self.measure = rows, j_star, table, figure, measure
 
     def __repr__(self) -> str:
         return self.table
@@ -718,7 +729,7 @@ class Comparison:
         import html
 
         png = base64.b64encode(self.figure.read_bytes()).decode()
-        head = f"<p>J* = {self.j_star:.6e} (grid measure, exact reference)</p>" if self.j_star else ""
+        head = f"<p>J* = {self.j_star:.6e} ({self.measure} measure, exact reference)</p>" if self.j_star else ""
         return f"{head}<pre>{html.escape(self.table)}</pre><img src='data:image/png;base64,{png}'/>"
 
 
@@ -733,11 +744,12 @@ def compare(runs: list[Any], target: float = 1.05, out: str | Path | None = None
         raise PinnctlError("compare needs at least one run")
     optimum = cmp.reference_optimum(loaded)
     j_star = optimum.J if optimum is not None else None
+    measure = loaded[0].measure
     rows = cmp.table_rows(loaded, j_star, target)
     figure = Path(out) if out else loaded[0].path.parent / "compare.png"
     cmp.plot(loaded, optimum, figure)
-    figure.with_suffix(".json").write_text(json.dumps({"J_star_grid": j_star, "rows": rows}, indent=1))
-    return Comparison(rows, j_star, cmp.format_table(rows, target), figure)
+    figure.with_suffix(".json").write_text(json.dumps({"J_star": j_star, "measure": measure, "rows": rows}, indent=1))
+    return Comparison(rows, j_star, cmp.format_table(rows, target), figure, measure)
 
 
 def in_notebook() -> bool:

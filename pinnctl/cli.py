@@ -39,8 +39,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     from . import api
+    from . import config as configmod
 
-    params = {k: v for k, v in vars(args).items() if k in ("nu",) and v is not None}
+    params = {k.removeprefix("params."): v for k, v in configmod.parse_sets(args.set or []).items()}
+    if args.nu is not None:
+        params["nu"] = args.nu
     start = time.perf_counter()
     print(api.reference_report(args.problem, **params))
     print(f"(reference computed in {time.perf_counter() - start:.1f} s)")
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("reference", help="exact optimum of a problem from its classical solver")
     sp.add_argument("problem")
-    sp.add_argument("--nu", type=float, help="viscosity (heat2d)")
+    sp.add_argument("--nu", type=float, help="viscosity (heat2d; the same as --set nu=...)")
+    sp.add_argument("--set", action="append", metavar="PARAM=VALUE", help="a problem parameter, e.g. alpha=0.1 (poisson2d)")
     sp.set_defaults(func=cmd_reference)
 
     sp = sub.add_parser("solve", help="solve a control problem")

@@ -2,7 +2,7 @@
 
 A run directory holds ``run.h5`` (``pinnctl.runs``: one history row per outer step,
 appended as the run goes, so crashed and running runs can be compared too). Time to target is the first wall-clock time at which
-the certified J falls to ``target``·J* (grid measure).
+the certified J falls to ``target``·J* on the run's certified measure (``grid`` for heat2d).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Run:
     control: dict[str, list[float]] | None = None
     j_star: float | None = None
     status: str = "unknown"
+    measure: str = "grid"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,13 +40,18 @@ def load_run(path: str | Path) -> Run:
     variant = method.get("options", {}).get("variant") or method.get("options", {}).get("curvature")
     label = f"{method.get('name', path.name)}" + (f"-{variant}" if variant else "")
     control = {"t": arrays["control/t"].tolist(), "f": arrays["control/f"].tolist()} if "control/t" in arrays else None
+    j_star, measure = runs.optimum_of(attrs)
     return Run(path=path, label=label, config=config, history=runs.history_records(data), control=control,
-               j_star=attrs.get("J_star_grid"), status=str(attrs.get("status", "unknown")))
+               j_star=j_star, status=str(attrs.get("status", "unknown")), measure=measure)
+
+
+def _certified(rec: dict[str, Any], measure: str) -> float | None:
+    return (rec.get("certified") or {}).get(measure)
 
 
 def time_to_target(run: Run, j_star: float, target: float) -> float | None:
     for rec in run.history:
-        jg = (rec.get("certified") or {}).get("grid")
+        jg = _certified(rec, run.measure)
         if jg is not None and jg <= target * j_star:
             return float(rec["wall_time"])
     return None
@@ -55,9 +61,9 @@ def table_rows(runs: list[Run], j_star: float | None, target: float = 1.05) -> l
     rows = []
     for run in runs:
         last = run.history[-1] if run.history else {}
-        certified = [r for r in run.history if (r.get("certified") or {}).get("grid") is not None]
-        jc = certified[-1]["certified"]["grid"] if certified else None
-        best = min((r["certified"]["grid"] for r in certified), default=None)
+        certified = [c for c in (_certified(r, run.measure) for r in run.history) if c is not None]
+        jc = certified[-1] if certified else None
+        best = min(certified, default=None)
         steps = len(run.history)
         rows.append({
             "run": run.label, "path": str(run.path), "status": run.status, "outer_steps": steps,
@@ -88,16 +94,19 @@ def _f(x: float | None, spec: str) -> str:
 
 
 def reference_optimum(runs: list[Run]) -> Any | None:
-    """f*, J* of the runs' problem (grid measure), if the problem has a reference solver."""
+    """f*, J* of the runs' problem (on their certified measure), if the problem has a reference solver."""
     problems = {r.config.get("problem") for r in runs}
     if len(problems) != 1 or None in problems:
         raise PinnctlError(f"compare needs runs of one problem, got: {', '.join(sorted(map(str, problems)))}")
+    measures = {r.measure for r in runs}
+    if len(measures) != 1:
+        raise PinnctlError(f"compare needs runs certified on one measure, got: {', '.join(sorted(measures))}")
     from .discovery import find
     from .problem import reference_of
 
     problem = find(problems.pop()).build(**runs[0].config.get("params", {}))
     ref = reference_of(problem)
-    return None if ref is None else ref.optimum(ref.certified)
+    return None if ref is None else ref.optimum(runs[0].measure)
 
 
 def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
@@ -108,7 +117,7 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
     for run in runs:
         t = [r["wall_time"] for r in run.history]
         line, = ax1.semilogy(t, [r["outer_loss"] for r in run.history], lw=0.8, alpha=0.6, label=f"{run.label} PINN J")
-        cert = [(r["wall_time"], r["certified"]["grid"]) for r in run.history if (r.get("certified") or {}).get("grid")]
+        cert = [(r["wall_time"], c) for r in run.history if (c := _certified(r, run.measure)) is not None]
         if cert:
             ax1.semilogy(*zip(*cert), color=line.get_color(), lw=1.8, label=f"{run.label} certified J")
         if run.control:
@@ -116,7 +125,8 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
     if optimum is not None:
         ax1.axhline(optimum.J, color="k", ls="--", lw=1, label="J* (exact)")
         ax2.plot(optimum.t, optimum.f, "k--", lw=1.5, label="f* (exact)")
-    ax1.set(xlabel="wall-clock [s]", ylabel="objective (grid measure)", title="objective vs wall-clock")
+    measure = runs[0].measure if runs else "grid"
+    ax1.set(xlabel="wall-clock [s]", ylabel=f"objective ({measure} measure)", title="objective vs wall-clock")
     ax2.set(xlabel="t", ylabel="f(t)", title="control")
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:

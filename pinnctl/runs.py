@@ -3,7 +3,8 @@
 Layout of ``<run dir>/run.h5``::
 
     /                      attrs: config (JSON), versions (JSON), seed, problem, method,
-                                  status, format, J_star_grid (when a reference exists)
+                                  status, format, J_star and measure (when a reference exists:
+                                  the exact optimum and the certified measure it is on)
     /history/<field>       one row per outer step: step, outer_loss (PINN), hypergrad_norm,
                            inner_time, curvature_time, hypergrad_time, wall_time
     /history/certified/<measure>   certified J (exact reference; NaN on steps not certified)
@@ -60,7 +61,7 @@ def versions() -> dict[str, str]:
             "h5py": h5py.__version__, "python": platform.python_version()}
 
 
-def create(run_dir: Path, *, config: Mapping[str, Any], j_star: float | None = None) -> Path:
+def create(run_dir: Path, *, config: Mapping[str, Any], j_star: float | None = None, measure: str = "grid") -> Path:
     """A new run file (an existing one is replaced: a fresh run, not a resume)."""
     path = Path(run_dir) / RUN_FILE
     with _h5().File(path, "w") as fh:
@@ -71,8 +72,9 @@ def create(run_dir: Path, *, config: Mapping[str, Any], j_star: float | None = N
         fh.attrs["problem"] = str(config.get("problem", ""))
         fh.attrs["method"] = str(config.get("method", {}).get("name", ""))
         fh.attrs["status"] = "running"
+        fh.attrs["measure"] = measure
         if j_star is not None:
-            fh.attrs["J_star_grid"] = float(j_star)
+            fh.attrs["J_star"] = float(j_star)
         fh.create_group("history")
     return path
 
@@ -221,10 +223,18 @@ def history_arrays(path: Path) -> dict[str, np.ndarray]:
     return dict(read(path)["history"])
 
 
-def rebuild(run_dir: Path, *, config: Mapping[str, Any], history: Mapping[str, Any], j_star: float | None = None) -> Path:
+def optimum_of(attrs: Mapping[str, Any]) -> tuple[float | None, str]:
+    """(J*, measure) of a run file's attributes; files written before the measure was stored are
+    on the grid measure (``J_star_grid``)."""
+    value = attrs.get("J_star", attrs.get("J_star_grid"))
+    return (None if value is None else float(value)), str(attrs.get("measure", "grid"))
+
+
+def rebuild(run_dir: Path, *, config: Mapping[str, Any], history: Mapping[str, Any], j_star: float | None = None,
+            measure: str = "grid") -> Path:
     """A run file re-created from a checkpoint (config and history rows up to its step), for a
     run whose run.h5 was deleted or is unreadable; the next checkpoint rewrites /state and /control."""
-    path = create(run_dir, config=config, j_star=j_star)
+    path = create(run_dir, config=config, j_star=j_star, measure=measure)
     arrays = {k: np.asarray(v, dtype="f8") for k, v in history.items()}
     rows = min((len(a) for a in arrays.values()), default=0)
     with _writing(path) as fh:

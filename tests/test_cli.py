@@ -86,7 +86,7 @@ def test_solve_smoke_writes_run_files_and_compare_reads_them(tmp_path, capsys, m
     assert main(["solve", "heat2d", "--preset", "smoke", "--method", method, "--out", str(out), *sets]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done" and summary["outer_steps"] == 2
-    j_star = summary["J_star_grid"]
+    j_star = summary["J_star"]
     assert j_star == pytest.approx(2.172582e-02, rel=1e-5) and summary["certified"]["grid"] > j_star
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp.png")]) == 0
     text = capsys.readouterr().out
@@ -109,3 +109,16 @@ def test_source_checkout_problems_dir_is_not_a_duplicate(user_dir, capsys):
     (user_dir / "problems" / "heat2d.py").write_text(GOOD.format(name="heat2d"))
     assert main(["list"]) == 1  # a real duplicate: reported, and only heat2d is disabled
     assert "defined twice" in capsys.readouterr().err
+
+
+def test_reference_takes_problem_parameters(capsys):
+    """`pinnctl reference P --set name=value` passes any problem parameter; a bad one is a one-line error."""
+    import numpy as np
+
+    from pinnctl.reference import poisson2d as ref
+
+    assert main(["reference", "poisson2d", "--set", "alpha=0.1"]) == 0
+    assert f"J(0) = {ref.objective(np.zeros(len(ref.control_points())), alpha=0.1):.6e}" in capsys.readouterr().out
+    assert main(["reference", "poisson2d", "--set", "bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no parameter(s) bogus" in err

@@ -196,7 +196,7 @@ def test_user_problem_with_its_own_reference_is_listed_solved_and_certified(tmp_
         v = f["control/v"][()].astype(np.float64)
         cert = f["history/certified/grid"][()]
     j = (v[0] - 1.0) ** 2 * np.mean((np.linspace(0, 1, 11) * (1 - np.linspace(0, 1, 11)) / 2) ** 2)
-    assert summary["J_star_grid"] == 0.0 and summary["certified"]["grid"] == pytest.approx(j, rel=1e-9)
+    assert summary["J_star"] == 0.0 and summary["certified"]["grid"] == pytest.approx(j, rel=1e-9)
     assert cert[-1] == pytest.approx(j, rel=1e-9) and "max" in summary["certified"]
 
 

@@ -39,4 +39,4 @@ def test_burgers_problem_smoke_certifies(tmp_path):
     out = tmp_path / "run"
     assert main(["solve", "burgers1d", "--preset", "smoke", "--quiet", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["J_star_grid"] == 0.0 and 0.0 < summary["certified"]["grid"] < 1.0
+    assert summary["J_star"] == 0.0 and 0.0 < summary["certified"]["grid"] < 1.0

@@ -41,4 +41,4 @@ def test_field_problem_smoke_certifies(tmp_path):
     out = tmp_path / "run"
     assert main(["solve", "heat2d_field", "--preset", "smoke", "--quiet", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["J_star_grid"] == 0.0 and summary["certified"]["grid"] > 1e-3
+    assert summary["J_star"] == 0.0 and summary["certified"]["grid"] > 1e-3

@@ -54,7 +54,7 @@ with h5py.File({str(full_run / runs.RUN_FILE)!r}, "r") as fh:
     cfg = json.loads(fh.attrs["config"])
     out = {{
         "config_steps": cfg["outer"]["steps"], "status": fh.attrs["status"], "seed": int(fh.attrs["seed"]),
-        "versions": sorted(json.loads(fh.attrs["versions"])), "J_star": float(fh.attrs["J_star_grid"]),
+        "versions": sorted(json.loads(fh.attrs["versions"])), "J_star": float(fh.attrs["J_star"]),
         "history": sorted(k for k in fh["history"].keys()),
         "terms": sorted(fh["history/inner_terms"].keys()),
         "rows": {{k: fh["history"][k].shape[0] for k in ("outer_loss", "wall_time", "certified/grid")}},
@@ -81,7 +81,7 @@ def test_history_matches_summary_and_certifies(full_run):
     h = data["history"]
     np.testing.assert_array_equal(h["step"], np.arange(STEPS))
     assert summary["certified"]["grid"] == h["certified/grid"][-1] and summary["outer_steps"] == STEPS
-    assert np.all(np.diff(h["wall_time"]) > 0) and np.all(h["certified/grid"] > data["attrs"]["J_star_grid"])
+    assert np.all(np.diff(h["wall_time"]) > 0) and np.all(h["certified/grid"] > data["attrs"]["J_star"])
 
 
 def test_resume_continues_to_the_same_numbers(full_run, tmp_path):
@@ -178,3 +178,29 @@ def test_plot_writes_readable_figures(full_run, capsys):
     assert names == ["objective.png", "loss_terms.png", "control.png", "state_error.png"]
     for name in names:
         assert (full_run / name).stat().st_size > 20_000
+
+
+def test_compare_reads_the_runs_own_measure_and_legacy_files(tmp_path):
+    """A run certified on a measure other than "grid" is compared on that measure (J*, table, time
+    to target), and a file written before the measure was stored (J_star_grid) still reads as grid."""
+    import h5py
+
+    from pinnctl import comparison, runs
+
+    hist = {"step": [0, 1, 2], "outer_loss": [3.0, 2.0, 1.5], "wall_time": [1.0, 2.0, 3.0],
+            "certified/outlet": [4.0, 2.2, 2.05], "certified/grid": [9.0, 9.0, 9.0]}
+    config = {"problem": "p", "method": {"name": "nhgd"}}
+    for name in ("new", "legacy"):
+        (tmp_path / name).mkdir()
+        runs.rebuild(tmp_path / name, config=config, history=hist, j_star=2.0, measure="outlet")
+    run = comparison.load_run(tmp_path / "new")
+    assert (run.j_star, run.measure) == (2.0, "outlet")
+    row, = comparison.table_rows([run], run.j_star, target=1.05)
+    assert (row["certified_J"], row["best_certified_J"]) == (2.05, 2.05)
+    assert row["J_over_Jstar"] == pytest.approx(1.025) and row["time_to_1.05Jstar_s"] == 3.0  # 2.2 > 2.1 at t = 2
+    with h5py.File(tmp_path / "legacy" / runs.RUN_FILE, "a") as fh:  # the attributes of a file from before
+        del fh.attrs["J_star"], fh.attrs["measure"]
+        fh.attrs["J_star_grid"] = 8.0
+    old = comparison.load_run(tmp_path / "legacy")
+    assert (old.j_star, old.measure) == (8.0, "grid")
+    assert comparison.table_rows([old], old.j_star)[0]["J_over_Jstar"] == pytest.approx(9.0 / 8.0)
