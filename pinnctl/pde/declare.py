@@ -299,6 +299,8 @@ class PDEProblem:
     :class:`pinnctl.pde.reference.Reference`. ``params`` are the physical parameters (the
     keyword arguments of the file's ``make``). ``penalties`` map names to functions of the
     (bounded) control vector added to the objective, e.g. :func:`relu_penalty`, :func:`tikhonov`.
+    ``defaults`` / ``preset_defaults`` / ``method_defaults`` are config settings of the problem's own
+    (e.g. a paper's budgets), applied over the preset and under the user's ``--set``.
     """
 
     name: str
@@ -313,6 +315,15 @@ class PDEProblem:
     params: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] | None = None
     penalties: Mapping[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # dotted config keys: the problem's own setup
+    preset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # per preset (budgets)
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method: its options
+
+    def config_defaults(self, preset: str, method: str) -> dict[str, Any]:
+        """What ``solve`` puts between the preset and the user's settings (as a ClassificationProblem does)."""
+        out = {**self.defaults, **self.preset_defaults.get(preset, {})}
+        out.update({f"method.options.{k}": v for k, v in self.method_defaults.get(method, {}).items()})
+        return out
 
     def __post_init__(self) -> None:
         where = f"problem '{self.name}'"
