@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.sparse.linalg import splu
 
+from pinnctl import PinnctlError
 from pinnctl.pde.declare import PiecewiseLinear
 from pinnctl.pde.reference import Bound, ControlVector, Optimum
 
@@ -50,7 +51,7 @@ BLOW_PEAK = 0.5  # max of v = 8(x − 0.5)(1 − x) there
 PENALTY = 100.0
 THETA_MAX, MEAN_MAX = 4.0, 1.5
 OUTFLOWS = ("traction", "pressure")
-MESH = (24, 16)  # default cells along x, y (J(θ₀) within ~1e-5 relative of the finest mesh, see report)
+MESH = (12, 63)  # cells along x, y: 63 in y puts a vertex at every θ node (see the convergence table in docs/problems.md)
 INLET = PiecewiseLinear(axis=1, lo=0.0, hi=LY)  # θ ↦ θ(y): the one definition, shared with problems/ns_inlet.py
 MEASURES = ("outlet", "tracking")
 POLISH_STEPS = 60  # L-BFGS-B steps on the penalised J after the box phase (see _optimum)
@@ -61,11 +62,12 @@ def parabola(y: np.ndarray) -> np.ndarray:
     return 4.0 * y * (LY - y) / LY**2
 
 
-def wall_v(x: np.ndarray, peak: float = BLOW_PEAK) -> np.ndarray:
-    """v on the walls: 8·peak·... = peak·(x−a)(b−x)/((b−a)/2)², zero outside (a, b)."""
+def wall_v(x, peak: float = BLOW_PEAK):
+    """v on both walls: peak·(x−a)(b−x)/((b−a)/2)² = 8(x − 0.5)(1 − x) on (a, b) = (0.5, 1), 0 elsewhere;
+    numpy or torch in, the same out (the problem file evaluates it on its tensors)."""
     a, b = BLOW
     inside = (x > a) & (x < b)
-    return np.where(inside, peak * (x - a) * (b - x) / ((b - a) / 2) ** 2, 0.0)
+    return peak * (x - a) * (b - x) / ((b - a) / 2) ** 2 * inside
 
 
 def hats(y: np.ndarray, n: int = N_CONTROL) -> np.ndarray:
@@ -229,9 +231,9 @@ def discretisation(nx: int = MESH[0], ny: int = MESH[1], outflow: str = "tractio
     """The θ-independent part of the reference on an nx × ny cell mesh (cached: certification
     in a run reuses it)."""
     if outflow not in OUTFLOWS:
-        raise ValueError(f"unknown outflow '{outflow}'; known: {', '.join(OUTFLOWS)}")
+        raise PinnctlError(f"ns_inlet reference: unknown outflow '{outflow}'; known: {', '.join(OUTFLOWS)}")
     if (nx * BLOW[0] / LX) % 1 or (nx * BLOW[1] / LX) % 1:
-        raise ValueError(f"nx = {nx} puts no mesh vertex at x = {BLOW[0]}, {BLOW[1]}; use a multiple of 3")
+        raise PinnctlError(f"ns_inlet reference: nx = {nx} puts no mesh vertex at x = {BLOW[0]}, {BLOW[1]}; use a multiple of 3")
     th = TaylorHood(rectangle(nx, ny))
     xy = th.ub.doflocs
     bnd = th.ub.get_dofs().flatten()
@@ -305,7 +307,7 @@ def certify(theta: np.ndarray, *, outflow: str = "traction", re: float = RE, mes
 def _check_theta(theta: np.ndarray) -> np.ndarray:
     th = np.asarray(theta, dtype=np.float64).reshape(-1)
     if th.size != N_CONTROL:
-        raise ValueError(f"ns_inlet needs {N_CONTROL} inlet values, got {th.size}")
+        raise PinnctlError(f"ns_inlet reference: needs {N_CONTROL} inlet values, got {th.size}")
     return th
 
 
@@ -340,16 +342,20 @@ def optimum(*, outflow: str = "traction", re: float = RE, mesh: tuple[int, int] 
     return Optimum(measure, J if measure == "outlet" else T, t=np.linspace(0.0, LY, N_CONTROL), f=theta)
 
 
-def state(theta: np.ndarray, points: np.ndarray, *, outflow: str = "traction", re: float = RE,
-          mesh: tuple[int, int] = MESH) -> np.ndarray:
-    """(u, v, p) at (N, 2) points, shape (N, 3)."""
-    disc = discretisation(*mesh, outflow=outflow, re=float(re))
-    sol = solve_state(_check_theta(theta), disc)
+def fields(sol: Solution, disc: Discretisation, points: np.ndarray) -> np.ndarray:
+    """(u, v, p) of a solution at (N, 2) points, shape (N, 3)."""
     pts = np.asarray(points, dtype=np.float64).T
     n = pts.shape[1]
     vel = disc.th.ub.probes(pts) @ sol.U[: disc.th.nu]
     p = disc.th.pb.probes(pts) @ sol.U[disc.th.nu:]
     return np.stack([vel[:n], vel[n:], p], axis=1)
+
+
+def state(theta: np.ndarray, points: np.ndarray, *, outflow: str = "traction", re: float = RE,
+          mesh: tuple[int, int] = MESH) -> np.ndarray:
+    """(u, v, p) at (N, 2) points, shape (N, 3)."""
+    disc = discretisation(*mesh, outflow=outflow, re=float(re))
+    return fields(solve_state(_check_theta(theta), disc), disc, points)
 
 
 def report(*, outflow: str = "traction", re: float = RE, mesh: tuple[int, int] = MESH) -> str:
