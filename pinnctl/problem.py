@@ -7,7 +7,9 @@ the code lives in ``pinnctl.pde`` (declare, conditions, compile, taylor, kfac, r
 from .geometry import Box, DeepXDEGeometry
 from .nets import MLP
 from .pde.compile import DEFAULT_TIME_SAMPLES, SamplingConfig, compile_problem, objective_points, sample_conditions
-from .pde.conditions import CONTROL, At, Boundary, Condition, ControlRef, Data, Initial, Interior, Neumann, Robin
+from .pde.conditions import (
+    CONTROL, At, Boundary, BoundaryEquation, Condition, ControlRef, Data, Initial, Interior, Neumann, Robin,
+)
 from .pde.declare import (
     Basis, Control, FieldControl, Functional, Grid, Objective, Part, PDEProblem, PiecewiseLinear, Points, TimeControl,
     Tracking, VectorControl, constant_control, control_params, control_values, relu_penalty, tikhonov,
@@ -20,7 +22,7 @@ from .pde.taylor import ChannelRecorder, Fields, JetOps
 
 __all__ = [
     "Box", "DeepXDEGeometry", "MLP", "DEFAULT_TIME_SAMPLES", "SamplingConfig", "compile_problem", "objective_points",
-    "sample_conditions", "CONTROL", "At", "Boundary", "Condition", "ControlRef", "Data", "Initial", "Interior", "Neumann",
+    "sample_conditions", "CONTROL", "At", "Boundary", "BoundaryEquation", "Condition", "ControlRef", "Data", "Initial", "Interior", "Neumann",
     "Robin", "Basis", "Control", "FieldControl", "Functional", "Grid", "Objective", "Part", "PDEProblem", "PiecewiseLinear",
     "Points", "TimeControl", "Tracking", "VectorControl", "constant_control", "control_params", "control_values",
     "relu_penalty", "tikhonov", "combine_kfac_terms", "kfac_expand_factors", "layer_inputs_and_grads",

@@ -28,9 +28,23 @@ from .taylor import Fields, JetOps
 
 @dataclass(frozen=True)
 class ControlRef:
-    """``value=CONTROL`` (the problem's only control) or ``ControlRef("inlet")`` (a named one)."""
+    """``value=CONTROL`` (the problem's only control) or ``ControlRef("inlet")`` (a named one).
+
+    ``CONTROL * w`` with a function w(x) -> (N,) is the control's values times w at the points
+    (an inlet profile θ(y)·4y(1−y)): the product stays a reference, so compile still knows the source."""
 
     name: str | None = None
+    scale: Callable[[Tensor], Tensor] | None = None
+
+    def __mul__(self, other: Callable[[Tensor], Tensor]) -> "ControlRef":
+        if not callable(other) or isinstance(other, ControlRef):
+            raise PinnctlError(f"CONTROL * w needs a function w(x) -> (N,) of the points; got {type(other).__name__}")
+        if self.scale is None:
+            return ControlRef(self.name, other)
+        first = self.scale
+        return ControlRef(self.name, lambda x: first(x) * other(x))
+
+    __rmul__ = __mul__
 
 
 CONTROL = ControlRef()
@@ -64,7 +78,7 @@ class At:
                 got = f.numel() if isinstance(f, Tensor) else type(f).__name__
                 raise PinnctlError(f"control '{self.control}' gives {got} values for {n} points; a VectorControl needs "
                                    "profile= (PiecewiseLinear or Basis) to map its entries onto a condition's points")
-            return f
+            return f if value.scale is None else f * self.value(value.scale)
         if callable(value):
             out = value(self.x)
             if not isinstance(out, Tensor) or out.numel() != n:
@@ -239,6 +253,28 @@ class Robin(_BoundaryPart):
     def residual(self, at: At):
         u = at.output(self.output)
         return self.a * u + self.b * normal_derivative(at, self.output) - at.value(self.value)
+
+
+@dataclass(frozen=True)
+class BoundaryEquation:
+    """A residual equation(x, u, f, ops, n) -> (N,) or {name: (N,)} on the boundary part ``where``,
+    with n the outward normals (N, d): conditions that couple outputs, such as the traction-free
+    outflow −p + ν ∂u/∂n = 0 of Navier–Stokes, which Neumann/Robin (one output each) cannot state."""
+
+    equation: Callable[..., Any]
+    where: Where = None
+    n_per_side: int = 256
+    weight: float = 1.0
+    control: ControlRef | None = None
+
+    def points(self, domain, time, seed, scheme):
+        return boundary_samples(domain, time, self.where, self.n_per_side, seed, scheme, normals=True)
+
+    def residual(self, at: At):
+        return self.equation(at.x, at.u, at.f, at.ops, at.extra)
+
+    def source(self) -> ControlRef | None:
+        return self.control
 
 
 # ----------------------------------------------------------------------------- observations
