@@ -40,6 +40,9 @@ def test_smoke_run_is_certified(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     j_star = ref.discrete_optimum(0.2)[0]
     assert summary["J_star_grid"] == pytest.approx(j_star) and summary["certified"]["domain"] > j_star
+    from pinnctl.plots import plot_run
+
+    assert out / "field.png" in plot_run(out)  # the learned source and the state
 
 
 @pytest.mark.slow
@@ -61,3 +64,15 @@ def test_forward_pinn_at_the_initial_control_matches_fem():
         u = obj.state.forward(state.theta.detach(), torch.as_tensor(pts, dtype=state.theta.dtype))[:, 0].double().numpy()
     rel = np.linalg.norm(u - exact) / np.linalg.norm(exact)
     assert rel < 0.04 and np.abs(u - exact).max() < 0.2, rel
+
+
+def test_presets_carry_the_scripts_budgets():
+    from pinnctl.api import resolve_config
+
+    sets = {f"params.{k}": v for k, v in SMALL.items()}
+    paper, _ = resolve_config("poisson_holes", method="broyden", preset="paper", sets=sets)
+    assert (paper.pretrain.steps, paper.outer.steps, paper.inner.steps, paper.outer.lr) == (10000, 20, 256, 0.01)
+    assert paper.method.options == {"threshold": 20}
+    quick, _ = resolve_config("poisson_holes", method="nhgd", preset="quick", sets={**sets, "inner.steps": 8})
+    assert quick.inner.steps == 8 and quick.pretrain.steps == 2000  # the user's --set wins over the problem's
+    assert quick.method.options == {"every": 5, "warm_start": True}  # the quick preset's NHGD setting still applies
