@@ -63,5 +63,6 @@ def make(n_interior: int = 2304, n_boundary: int = 384, n_objective: int = 2304,
         # Adam 0.01 with hypergradients clipped to ±0.1, Broyden threshold 20 (eps 1e-6)
         preset_defaults={"paper": {"pretrain.steps": 10000, "outer.steps": 20, "inner.steps": 256, "outer.lr": 0.01},
                          "quick": {"pretrain.steps": 2000, "outer.steps": 30, "inner.steps": 64, "outer.lr": 0.01}},
-        method_defaults={"broyden": {"threshold": 20}},
+        # NHGD's fast setting (the quick preset's, which a problem stating its own setup must repeat)
+        method_defaults={"broyden": {"threshold": 20}, "nhgd": {"every": 5, "warm_start": True}},
     )

@@ -75,4 +75,4 @@ def test_presets_carry_the_scripts_budgets():
     assert paper.method.options == {"threshold": 20}
     quick, _ = resolve_config("poisson_holes", method="nhgd", preset="quick", sets={**sets, "inner.steps": 8})
     assert quick.inner.steps == 8 and quick.pretrain.steps == 2000  # the user's --set wins over the problem's
-    assert quick.method.options == {"every": 5, "warm_start": True}  # the quick preset's NHGD setting still applies
+    assert quick.method.options == {"every": 5, "warm_start": True}  # NHGD's fast setting
