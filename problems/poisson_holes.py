@@ -31,8 +31,9 @@ def on_square(x: np.ndarray) -> np.ndarray:
 
 
 def initial_control(points: np.ndarray) -> np.ndarray:
-    """f₀ at points: the control net at its initialisation (seed 0), what a run starts from."""
-    v = CONTROL_NET.init_params(0)
+    """f₀ at points: the control net as a seed-0 run initialises it (compile draws the first
+    control with seed + 1)."""
+    v = CONTROL_NET.init_params(1)
     with torch.no_grad():
         return CONTROL_NET.forward(v, torch.as_tensor(points, dtype=v.dtype)).reshape(-1).double().numpy()
 

@@ -29,6 +29,9 @@ def test_compiles_with_balanced_boundary_and_certifies_the_initial_control():
     direct = ref.objective(obj.control.values(p.v0, torch.as_tensor(ref.control_points(0.2), dtype=p.v0.dtype))
                            .double().numpy(), 0.2)
     assert certified == pytest.approx(direct, rel=1e-6) and certified > ref.discrete_optimum(0.2)[0]
+    from pinnctl.problems.poisson_holes import initial_control  # what the report calls f₀
+
+    assert ref.objective(initial_control, 0.2) == pytest.approx(certified, rel=1e-5)
 
 
 def test_smoke_run_is_certified(tmp_path):
