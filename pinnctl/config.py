@@ -104,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"pretrain.steps": 20, "inner.steps": 3, "outer.steps": 2, "certify_every": 1},
 }
 # Method options a preset sets for one method, under the user's own: the key is set only when the
-# run's config does not set it (--set, TOML), and not for problems that state the method's own options.
+# run's config does not set it (--set, TOML), and not for problems that state their own setup.
 # nhgd every=5: K-FAC updated at every 5th inner step, as accurate and 40 % cheaper per outer step
 # (docs/heat2d-methods.md); warm_start: the IHVP refinement starts from the last outer step's solution.
 PRESET_METHOD_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -221,7 +221,7 @@ def resolve(preset: str = "quick", toml: str | Path | None = None, sets: dict[st
     for layer in layers:
         for key, value in layer.items():
             set_key(cfg, key, value)
-    if not any(k.startswith("method.options.") for k in problem_defaults or {}):
+    if not problem_defaults:
         for key, value in PRESET_METHOD_OPTIONS.get(preset, {}).get(cfg.method.name, {}).items():
             cfg.method.options.setdefault(key, value)
     return cfg

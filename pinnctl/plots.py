@@ -6,6 +6,8 @@ Written next to the run file (Agg backend, PNG):
 - ``control.png``     the learned control f(t) against the exact optimum f*
 - ``state_error.png`` u_exact (the learned control in the reference solver) and |u_θ − u_exact|
                       at four times (problems with two space dimensions, time and a reference)
+- ``field.png``       steady 2-D problems with a field reference: the learned control where the reference
+                      reads it, the state (learned control in the reference solver) and the PINN's error
 - ``accuracy.png``    validation / test accuracy vs wall-clock and step (classification)
 - ``distilled_images.png``  the learned synthetic images, one row per class (distillation)
 """
@@ -185,6 +187,70 @@ def plot_state_error(data: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "state_error.png", data, tight=False)
 
 
+def _steady_fields(data: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """For a steady 2-D problem whose reference reads the control at points: those points and the
+    control there, and on a grid of the domain u_θ and u_ref (the learned control in the solver)."""
+    import torch
+
+    from .discovery import find
+    from .pde.compile import compile_problem
+    from .pde.reference import FieldSamples
+
+    config, arrays = data["attrs"]["config"], data["arrays"]
+    if "state/theta" not in arrays or "control/v" not in arrays:
+        return None
+    problem = find(config["problem"]).build(**config.get("params", {}))
+    if problem.time is not None or problem.domain.dim != 2 or problem.state.n_out != 1:
+        return None
+    compiled = compile_problem(problem, seed=int(config.get("seed", 0)))
+    ref = compiled.info.get("reference")
+    if ref is None or not isinstance(ref.control, FieldSamples):
+        return None
+    v = torch.as_tensor(arrays["control/v"], dtype=compiled.v0.dtype)
+    f = np.asarray(compiled.info["encode_control"](v), dtype=np.float64).reshape(-1)
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in (getattr(problem.domain, "lo", None) or problem.domain.geom.bbox[0],
+                                                         getattr(problem.domain, "hi", None) or problem.domain.geom.bbox[1]))
+    X, Y = np.meshgrid(np.linspace(lo[0], hi[0], 121), np.linspace(lo[1], hi[1], 121), indexing="ij")
+    grid = np.stack([X.ravel(), Y.ravel()], axis=1)
+    inside = problem.domain.contains(grid)
+    exact = np.full(len(grid), np.nan)
+    state = ref.state(f, grid[inside])
+    if state is None:
+        return None
+    exact[inside] = state
+    theta = torch.as_tensor(arrays["state/theta"])
+    with torch.no_grad():
+        u = problem.state.forward(theta, torch.as_tensor(grid, dtype=theta.dtype))[:, 0].double().numpy()
+    u[~inside] = np.nan
+    return {"points": ref.control.points, "f": f, "u": u.reshape(X.shape), "exact": exact.reshape(X.shape),
+            "extent": np.array([lo[0], hi[0], lo[1], hi[1]])}
+
+
+def plot_field(data: dict[str, Any], out: Path) -> Path | None:
+    fields = _steady_fields(data)
+    if fields is None:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    pts, f = fields["points"], fields["f"]
+    lim = np.percentile(np.abs(f), 99.5) or 1.0
+    sc = axes[0].scatter(pts[:, 0], pts[:, 1], c=f, s=2, cmap="RdBu_r", vmin=-lim, vmax=lim, rasterized=True)
+    axes[0].set(title="learned control f where the reference reads it", aspect="equal")
+    fig.colorbar(sc, ax=axes[0], shrink=0.8)
+    ext = fields["extent"]
+    im = axes[1].imshow(fields["exact"].T, origin="lower", extent=ext, cmap="viridis")
+    axes[1].set_title("u_ref (learned control, reference solver)")
+    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    err = np.abs(fields["u"] - fields["exact"])
+    rel = np.sqrt(np.nanmean(err**2) / np.nanmean(fields["exact"] ** 2))
+    im = axes[2].imshow(err.T, origin="lower", extent=ext, cmap="magma")
+    axes[2].set_title(f"|u_θ − u_ref|: max {np.nanmax(err):.3f}, RMS {rel:.1%} of u's", fontsize=9)
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    for ax in axes:
+        ax.set(xlabel="x", ylabel="y")
+    return _save(fig, out / "field.png", data, tight=False)
+
+
 def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Path:
     attrs = data["attrs"]
     fig.suptitle(f"{attrs.get('problem')} · {attrs.get('method')} · {data['rows']} outer steps · {attrs.get('status')}", fontsize=10)
@@ -196,7 +262,7 @@ def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Pat
 
 
 PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (
-    plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_metrics, plot_images)
+    plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_field, plot_metrics, plot_images)
 
 
 HISTORY_PLOTS = (plot_objective, plot_loss_terms, plot_metrics)
