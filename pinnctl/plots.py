@@ -251,6 +251,71 @@ def plot_field(data: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "field.png", data, tight=False)
 
 
+def _profiles(data: dict[str, Any]) -> dict[str, Any] | None:
+    """For a problem whose reference takes the control vector and knows its optimum on nodes (an inlet
+    profile θ): the learned vector against θ*; and when the objective tracks one output along a line of
+    points: that output of the PINN, of the reference for the learned control, and the target."""
+    import torch
+
+    from .discovery import find
+    from .pde.compile import compile_problem, objective_points
+    from .pde.declare import Points, Tracking
+    from .pde.reference import ControlVector, reference_of
+
+    config, arrays = data["attrs"]["config"], data["arrays"]
+    if "control/v" not in arrays or "reference/f" not in arrays:
+        return None
+    problem = find(config["problem"]).build(**config.get("params", {}))
+    ref = reference_of(problem)
+    if ref is None or not isinstance(ref.control, ControlVector):
+        return None
+    compiled = compile_problem(problem, seed=int(config.get("seed", 0)))
+    v = torch.as_tensor(arrays["control/v"], dtype=compiled.v0.dtype)
+    control = np.asarray(compiled.info["encode_control"](v), dtype=np.float64).reshape(-1)
+    if control.shape != np.shape(arrays["reference/f"]):
+        return None
+    out: dict[str, Any] = {"nodes": arrays["reference/t"], "control": control, "optimum": arrays["reference/f"]}
+    obj = problem.objective
+    if isinstance(obj, Tracking) and isinstance(obj.points, Points) and obj.of is None and "state/theta" in arrays:
+        x = objective_points(problem)
+        axis = int(np.argmax(np.ptp(x, axis=0)))
+        if np.ptp(np.delete(x, axis, axis=1), axis=0).max(initial=0.0) == 0.0:  # the points lie on a line
+            col = problem.outputs.index(obj.output) if obj.output is not None else 0
+            theta = torch.as_tensor(arrays["state/theta"])
+            xt = torch.as_tensor(x, dtype=theta.dtype)
+            with torch.no_grad():
+                pinn = problem.state.forward(theta, xt)[:, col].double().numpy()
+                target = obj.target(xt).reshape(-1).double().numpy()
+            exact = ref.state(control, x)
+            exact = None if exact is None else np.asarray(exact).reshape(len(x), -1)[:, col]
+            out.update(line=x[:, axis], axis="xyz"[axis], output=problem.outputs[col], pinn=pinn, target=target, exact=exact)
+    return out
+
+
+def plot_profiles(data: dict[str, Any], out: Path) -> Path | None:
+    prof = _profiles(data)
+    if prof is None:
+        return None
+    plt = _pyplot()
+    n = 2 if "line" in prof else 1
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(prof["nodes"], prof["control"], color="tab:red", lw=1.6, marker=".", label="learned control")
+    ax.plot(prof["nodes"], prof["optimum"], "k--", lw=1.3, label="reference optimum")
+    ax.set(xlabel="node coordinate", ylabel="control value", title="control vector")
+    if "line" in prof:
+        ax = axes[0, 1]
+        ax.plot(prof["line"], prof["target"], "k--", lw=1.3, label="target")
+        ax.plot(prof["line"], prof["pinn"], color="tab:blue", lw=1.6, label=f"PINN {prof['output']}")
+        if prof["exact"] is not None:
+            ax.plot(prof["line"], prof["exact"], color="tab:green", lw=1.3, label=f"reference {prof['output']} (learned control)")
+        ax.set(xlabel=prof["axis"], ylabel=prof["output"], title="tracked output along the objective points")
+    for ax in axes[0]:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, out / "profiles.png", data)
+
+
 def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Path:
     attrs = data["attrs"]
     fig.suptitle(f"{attrs.get('problem')} · {attrs.get('method')} · {data['rows']} outer steps · {attrs.get('status')}", fontsize=10)
@@ -262,7 +327,7 @@ def _save(fig: Any, path: Path, data: dict[str, Any], tight: bool = True) -> Pat
 
 
 PLOTS: tuple[Callable[[dict[str, Any], Path], Path | None], ...] = (
-    plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_field, plot_metrics, plot_images)
+    plot_objective, plot_loss_terms, plot_control, plot_state_error, plot_field, plot_profiles, plot_metrics, plot_images)
 
 
 HISTORY_PLOTS = (plot_objective, plot_loss_terms, plot_metrics)

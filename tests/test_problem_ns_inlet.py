@@ -11,6 +11,7 @@ import torch
 from pinnctl import PinnctlError
 from pinnctl.cli import main
 from pinnctl.discovery import find
+from pinnctl.plots import plot_run
 from pinnctl.problem import compile_problem
 from pinnctl.reference import ns_inlet as R
 
@@ -61,6 +62,7 @@ def test_smoke_step_is_certified(tmp_path, short_optimum):
     assert s["measure"] == "outlet" and s["status"] == "done"
     assert s["certified"]["outlet"] > s["J_star"] == pytest.approx(R.optimum().J)
     assert s["certified"]["outlet"] == pytest.approx(R.certify(np.ones(R.N_CONTROL))["outlet"], rel=0.2)  # near θ₀ after one step
+    assert (out / "profiles.png") in plot_run(out)  # learned θ against θ*, outlet u against the target
 
 
 @pytest.mark.slow
