@@ -1,7 +1,6 @@
 """Steady Navier–Stokes (Re = 100) in a channel with wall blowing/suction: the inlet profile θ(y)·4y(1−y) steers the outlet to 4y(1−y) (BPN's ns2inlet)."""
 
 import numpy as np
-import torch
 
 from pinnctl import PinnctlError
 from pinnctl.geometry import Box

@@ -18,7 +18,8 @@ Objective (measure ``outlet``): J(θ) = mean over 64 equispaced y ∈ [0, 1] of 
 plus the penalties 100·mean(relu(−θ)² + relu(θ − 4)²) + 100·relu(mean θ − 1.5)² (BPN's
 ``evaluate_J``); ``tracking`` is the first part alone. J* minimises the certified J over θ ∈ R⁶⁴
 by L-BFGS-B with the discrete adjoint gradient (the transposed Newton Jacobian at the converged
-state), warm-starting each Newton solve from the previous state.
+state), warm-starting each Newton solve from the previous state and the search from THETA_START
+(the optimum of a long search from θ₀ = 1; see _optimum and docs/problems.md).
 
 Validation (tests/test_reference_ns_inlet.py): Poiseuille flow (θ ≡ 1, no blowing) is exact for
 P2/P1 (to round-off); Kovasznay flow (Re = 40, Dirichlet data) converges in the velocity L2 error
@@ -31,7 +32,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
