@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pinnctl import PinnctlError
+from pinnctl.api import reference_report
 from pinnctl.cli import main
 from pinnctl.discovery import find
 from pinnctl.plots import plot_run
@@ -71,6 +72,8 @@ def test_optimum_is_reproduced():
     opt = R.optimum()
     assert opt.J == pytest.approx(0.016075, rel=1e-3)
     assert opt.J < R.certify(np.ones(R.N_CONTROL))["outlet"] / 5
+    text = reference_report("ns_inlet")  # what `pinnctl reference ns_inlet` prints
+    assert f"J* = {opt.J:.6e}" in text and "J(θ₀ = 1) = 8.426766e-02" in text and "θ* at y" in text
 
 
 @pytest.mark.slow
