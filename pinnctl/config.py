@@ -53,6 +53,10 @@ class OuterCfg:
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer's own (docs/heat2d-methods.md)
     predict: bool = False  # move θ with v by the implicit prediction dθ = −H⁻¹Lᵀ Δv
     ihvp_steps: int = -1  # refinement steps of the IHVPs of gn/predict; -1 = the method's own
+    # the IHVP inside gn's Jacobian products and the θ prediction: "method" (the estimator's own solver) or
+    # "woodbury" (the full-batch Gauss–Newton + ihvp_damping·I, factored once per outer step: exact and linear)
+    ihvp: str = "method"
+    ihvp_damping: float = 1e-3
 
 
 @dataclass

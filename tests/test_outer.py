@@ -9,7 +9,8 @@ from pinnctl.bilevel import InnerState, run
 from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
 from pinnctl.hypergrad import make_method
 from pinnctl.hypergrad.exact import exact_ihvp
-from pinnctl.outer import OuterContext, make_outer
+from pinnctl.hypergrad.linalg import WoodburyInverse
+from pinnctl.outer import OuterContext, make_outer, woodbury_ihvp
 from pinnctl.problem import compile_problem
 from pinnctl.toys import quadratic
 
@@ -68,7 +69,8 @@ def _dense_outer_jacobian(prob, theta, v, lam):
     return r_v - r_theta @ torch.linalg.solve(H, Lt)
 
 
-def test_gn_step_equals_the_dense_gauss_newton_step():
+@pytest.mark.parametrize("kind", ["method", "woodbury"])
+def test_gn_step_equals_the_dense_gauss_newton_step(kind):
     prob = compile_problem(tiny_heat(), seed=0)
     theta, v = prob.theta0.double(), prob.v0.double() + 0.3
     lam = 1e-3
@@ -83,13 +85,33 @@ def test_gn_step_equals_the_dense_gauss_newton_step():
     dense = -torch.linalg.solve(G + mu * torch.eye(v.numel(), dtype=torch.float64), h)
 
     inner = InnerState.create(theta, PretrainCfg())
-    ihvp = lambda b: exact_ihvp(prob, theta, v, b, matrix="gn", damping=lam, solver="dense")[0]  # noqa: E731
+    if kind == "woodbury":  # the full-batch Gauss–Newton factored once (outer.ihvp=woodbury)
+        ihvp = woodbury_ihvp(prob, theta, v, lam)
+    else:
+        ihvp = lambda b: exact_ihvp(prob, theta, v, b, matrix="gn", damping=lam, solver="dense")[0]  # noqa: E731
     ctx = OuterContext(prob, inner, v, h, float(prob.outer_loss(theta, v)), ihvp)
     gn = make_outer("gn", v.clone(), 0.0, 0.0, 1, {"cg_steps": v.numel(), "damping": mu_rel})
     d, dGd, _ = gn.solve(ctx)
     rel = float((d - dense).norm() / dense.norm())
     assert rel < 1e-6, rel
     assert dGd == pytest.approx(float(dense @ G @ dense), rel=1e-6)
+
+
+def test_woodbury_inverse_is_the_dense_damped_inverse():
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(7, 20, generator=g, dtype=torch.float64)
+    B = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    dense = torch.linalg.solve(J.T @ J + 1e-2 * torch.eye(20, dtype=torch.float64), B)
+    W = WoodburyInverse(J, 1e-2)
+    torch.testing.assert_close(W.solve(B), dense, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(W.solve(B[:, 0]), dense[:, 0], rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_outer_ihvp_is_a_one_line_error():
+    prob, _ = quadratic()
+    with pytest.raises(PinnctlError, match="unknown outer.ihvp 'woodbery'; known: method, woodbury"):
+        run(prob, make_method("exact"), pretrain=PretrainCfg(steps=1), inner=InnerCfg(steps=1),
+            outer=OuterCfg(steps=1, optimizer="gn", ihvp="woodbery"), certify_every=0)
 
 
 def test_rejected_trial_restores_v_theta_and_halves_the_step():
