@@ -210,3 +210,14 @@ def test_gn_with_the_woodbury_ihvp_reaches_the_boundary_control_optimum():
     err = float((res.v - v_star).norm() / v_star.norm())
     J0, J = prob.certify(prob.v0)["grid"], prob.certify(res.v)["grid"]
     assert err < 0.3 and J < 0.05 * J0
+
+
+def test_gn_preset_sets_the_woodbury_gauss_newton_step_and_bad_ihvp_is_a_config_error():
+    from pinnctl.config import parse_sets, resolve, validate
+
+    cfg = resolve("gn")
+    assert (cfg.outer.optimizer, cfg.outer.ihvp, cfg.inner.steps) == ("gn", "woodbury", 60)
+    assert cfg.outer.options == {"radius": 0.3, "max_radius": 0.6, "cg_steps": 5}
+    assert cfg.method.options == {"every": 5, "warm_start": True}
+    with pytest.raises(PinnctlError, match="outer.ihvp' must be one of method, woodbury"):
+        validate(resolve("gn", sets=parse_sets(["outer.ihvp=dense"])))
