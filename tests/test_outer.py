@@ -148,13 +148,13 @@ def test_unknown_outer_optimizer_and_option_are_one_line_errors():
             outer=OuterCfg(steps=1, optimizer="gn"), certify_every=0)
 
 
-@pytest.mark.parametrize("optimizer,predict", [("lbfgs", True), ("gn", False)])
-def test_resume_is_bit_identical_with_the_outer_state_in_the_checkpoint(optimizer, predict, tmp_path):
+@pytest.mark.parametrize("optimizer,predict,ihvp", [("lbfgs", True, "method"), ("gn", False, "method"), ("gn", True, "woodbury")])
+def test_resume_is_bit_identical_with_the_outer_state_in_the_checkpoint(optimizer, predict, ihvp, tmp_path):
     prob = compile_problem(tiny_heat(), seed=0)
     est_opts = {"curvature": "kfac", "every": 2, "refine": 2, "warm_start": True}
     options = {"cg_steps": 2} if optimizer == "gn" else {}
     cfg = dict(pretrain=PretrainCfg(steps=20), inner=InnerCfg(steps=3), certify_every=0)
-    outer = dict(optimizer=optimizer, predict=predict, ihvp_steps=1, options=options)
+    outer = dict(optimizer=optimizer, predict=predict, ihvp_steps=1, ihvp=ihvp, options=options)
     full = run(prob, make_method("nhgd", est_opts), **cfg, outer=OuterCfg(steps=4, **outer))
     saved = []
 
