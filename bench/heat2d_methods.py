@@ -54,9 +54,9 @@ METHODS = {
     # the outer step (issue 18): Gauss–Newton/LM in a trust region, 20 inner steps per outer step
     "nhgd-gn": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}, GN_OUTER),
     "broyden-fast-gn": ("broyden", {"variant": "fast"}, {"steps": 20}, GN_OUTER),
-    # gn with the exact linear IHVP (the full-batch Gauss–Newton factored once per outer step, outer.ihvp=woodbury)
-    "nhgd-gnw": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}, GNW_OUTER),
-    "broyden-fast-gnw": ("broyden", {"variant": "fast"}, {"steps": 20}, GNW_OUTER),
+    # the preset gn: the exact linear IHVP (outer.ihvp=woodbury) and 60 inner steps per outer step
+    "nhgd-gnw": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 60}, GNW_OUTER),
+    "broyden-fast-gnw": ("broyden", {"variant": "fast"}, {"steps": 60}, GNW_OUTER),
     "nhgd-every5-20": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}),
     "broyden-fast-20": ("broyden", {"variant": "fast"}, {"steps": 20}),
 }
