@@ -34,6 +34,7 @@ from pinnctl.problem import compile_problem, load_reference
 ENGD_INNER = {"optimizer": "engd", "steps": 1, "lr": 1.0, "damping": 1e-4}  # one ENGD step ≈ 3 s (docs/natural-gradient.md)
 KFAC_INNER = {"optimizer": "kfac", "steps": 10, "lr": 1.0, "damping": 1e-3}
 GN_OUTER = {"optimizer": "gn", "ihvp_steps": 3, "options": {"radius": 0.3, "cg_steps": 5}}
+GNW_OUTER = {"optimizer": "gn", "ihvp": "woodbury", "options": {"radius": 0.3, "max_radius": 0.6, "cg_steps": 5}}
 METHODS = {
     "nhgd": ("nhgd", {}, {}),
     "nhgd-every5": ("nhgd", {"every": 5}, {}),
@@ -53,6 +54,9 @@ METHODS = {
     # the outer step (issue 18): Gauss–Newton/LM in a trust region, 20 inner steps per outer step
     "nhgd-gn": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}, GN_OUTER),
     "broyden-fast-gn": ("broyden", {"variant": "fast"}, {"steps": 20}, GN_OUTER),
+    # the preset gn: the exact linear IHVP (outer.ihvp=woodbury) and 60 inner steps per outer step
+    "nhgd-gnw": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 60}, GNW_OUTER),
+    "broyden-fast-gnw": ("broyden", {"variant": "fast"}, {"steps": 60}, GNW_OUTER),
     "nhgd-every5-20": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}),
     "broyden-fast-20": ("broyden", {"variant": "fast"}, {"steps": 20}),
 }

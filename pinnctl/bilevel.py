@@ -21,7 +21,7 @@ from . import PinnctlError, RunError
 from .config import InnerCfg, OuterCfg, PretrainCfg
 from .hypergrad.base import Estimator, StepInfo
 from .core import BilevelProblem
-from .outer import Outer, OuterContext, ihvp_solver, make_outer
+from .outer import Outer, OuterContext, check_ihvp, ihvp_solver, make_outer
 
 # A loss this many times its first value is called divergence, not slow progress.
 EXPLODE_FACTOR = 1e8
@@ -193,6 +193,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     """
     v = problem.v0.detach().clone().requires_grad_(True)
     outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
+    check_ihvp(outer.ihvp, outer.ihvp_damping)
     if resume is None:
         start = time.perf_counter()
         state = InnerState.create(problem.theta0, pretrain)
@@ -281,7 +282,8 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     check_finite(hnorm, f"hypergradient norm at outer step {k}")
     check_finite(outer_loss, f"outer loss at outer step {k}")
     t0 = time.perf_counter()
-    ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps)
+    ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps, outer.ihvp,
+                       outer.ihvp_damping)
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo = dict(result.diagnostics)
     hinfo.update(outer_opt.step(v, ctx))

@@ -75,10 +75,43 @@ FALLBACK_DAMPING = 1e-3
 FALLBACK_STEPS = 10
 
 
+IHVP_KINDS = ("method", "woodbury")
+
+
+def check_ihvp(kind: str, damping: float) -> None:
+    """One-line errors for ``outer.ihvp`` / ``outer.ihvp_damping`` before the run starts."""
+    if kind not in IHVP_KINDS:
+        raise PinnctlError(f"unknown outer.ihvp '{kind}'; known: {', '.join(IHVP_KINDS)}")
+    if kind == "woodbury" and not damping > 0:
+        raise PinnctlError(f"outer.ihvp_damping must be > 0 for outer.ihvp=woodbury; got {damping}")
+
+
+def woodbury_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, damping: float) -> Callable[[Tensor], Tensor]:
+    """b ↦ (G + λI)⁻¹b with G the full-batch Gauss–Newton at (θ, v), factored on first use (a
+    rejected trial never pays for it): a linear, symmetric IHVP, so J and Jᵀ of gn are adjoint."""
+    if problem.residuals is None:
+        raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' has none "
+                           "(use outer.ihvp=method)")
+    from .hypergrad.autodiff import jacobian_rows
+    from .hypergrad.linalg import WoodburyInverse
+
+    cache: list[WoodburyInverse] = []
+
+    def solve(b: Tensor) -> Tensor:
+        if not cache:
+            cache.append(WoodburyInverse(jacobian_rows(problem, theta, v, problem.full_batch()), damping))
+        return cache[0].solve(b)
+
+    return solve
+
+
 def ihvp_solver(problem: BilevelProblem, estimator: Any, theta: Tensor, v: Tensor, step: int,
-                steps: int = -1) -> Callable[[Tensor], Tensor]:
-    """b ↦ H⁻¹b at (θ, v): the estimator's own solver (nhgd: curvature-preconditioned CG on the
-    Gauss–Newton; exact), else plain CG on the full-batch Gauss–Newton (or Hessian) + λI."""
+                steps: int = -1, kind: str = "method", damping: float = FALLBACK_DAMPING) -> Callable[[Tensor], Tensor]:
+    """b ↦ H⁻¹b at (θ, v): ``woodbury`` (see woodbury_ihvp), or the estimator's own solver (nhgd:
+    curvature-preconditioned CG on the Gauss–Newton; exact), else plain CG on the full-batch
+    Gauss–Newton (or Hessian) + λI."""
+    if kind == "woodbury":
+        return woodbury_ihvp(problem, theta, v, damping)
     n = None if steps < 0 else steps
     if hasattr(estimator, "ihvp"):
         return lambda b: estimator.ihvp(problem, theta, v, b, step, n)

@@ -49,6 +49,18 @@ def test_gauss_newton_of_a_system_matches_the_dense_jacobian():
     torch.testing.assert_close(0.5 * (scaled(theta) ** 2).sum(), prob.inner_loss(theta, v, batch), rtol=1e-12, atol=0)
 
 
+def test_jacobian_rows_of_a_time_dependent_problem_match_jacrev():
+    """heat-type residual (u_t, Laplacian, a time control): the per-point rows from the recorded
+    channels (one backward per component) against torch.func.jacrev of the scaled residuals."""
+    from conftest import tiny_heat
+    from pinnctl.hypergrad.autodiff import scaled_residuals
+
+    prob = compile_problem(tiny_heat(), seed=0, dtype=torch.float64)
+    theta, v, batch = prob.theta0, prob.v0 + 0.2, prob.full_batch()
+    J = torch.func.jacrev(lambda t: scaled_residuals(prob, t, v, batch))(theta)
+    torch.testing.assert_close(prob.jacobian_rows(theta, v, batch), J, rtol=1e-10, atol=1e-12)
+
+
 def test_kfac_of_a_system_is_exact_for_one_linear_layer():
     """Two outputs observed at the same points through one linear layer: every term has the same
     input factor A, so A ⊗ (B_u + B_w) is the exact Gauss–Newton matrix (in vec order of [W | b])."""

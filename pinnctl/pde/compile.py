@@ -24,7 +24,7 @@ from ..nets import Channels, Jet, jet_forward
 from .conditions import At, ControlRef
 from .conditions import boundary_samples
 from .declare import Grid, Part, PDEProblem, Tracking
-from .kfac import pde_kfac_factors
+from .kfac import layer_inputs_and_grads, pde_kfac_factors
 from .reference import ControlVector, FieldSamples, Reference, TimeSamples, as_reference
 from .taylor import ChannelRecorder, Fields, JetOps
 
@@ -196,16 +196,21 @@ def compile_problem(problem: PDEProblem, sampling: SamplingConfig = SamplingConf
         return out
 
     def jacobian_rows(theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
-        """Per-sample residual gradients by vmap over points: cost ~ one batched backward,
-        where jacrev of the whole batch would cost one backward per row."""
+        """Per-sample residual gradients from one recorded forward and one backward per residual
+        component: the Taylor-mode net shares each layer's weights over its channels, so the row
+        of point n for layer [W | b] is Σ_channels g zᵀ (the same z, g K-FAC uses). ~10× cheaper
+        than vmap over points (heat2d, 2304 rows: 0.4 vs 4.9 CPU s)."""
+        theta = theta.detach().requires_grad_(True)
         blocks = []
         for cname, p in batch.items():
-            def single(t: Tensor, pi: Tensor, cname: str = cname) -> Tensor:
-                return torch.stack([r[0] for r in condition_residual(cname, t, v, pi[None])[0].values()])
-
-            J = torch.func.vmap(torch.func.jacrev(single), in_dims=(None, 0))(theta.detach(), p.to(theta.dtype))
+            comps, jet = condition_residual(cname, theta, v.detach(), p, record=True)
             scale = math.sqrt(2.0 * weights[cname] / p.shape[0])
-            blocks.extend(J[:, k] * scale for k in range(J.shape[1]))
+            for k, r in enumerate(comps.values()):
+                parts = []
+                for z, g in layer_inputs_and_grads(r, jet, retain_graph=k < len(comps) - 1):
+                    row = torch.einsum("cno,cni->noi", g, z)  # (N, out, in + 1)
+                    parts += [row[:, :, :-1].reshape(row.shape[0], -1), row[:, :, -1]]
+                blocks.append(torch.cat(parts, dim=1) * scale)
         return torch.cat(blocks).detach()
 
     def inner_terms(theta: Tensor, v: Tensor, batch: Batch) -> dict[str, Tensor]:
