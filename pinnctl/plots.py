@@ -194,13 +194,14 @@ def _steady_fields(data: dict[str, Any]) -> dict[str, np.ndarray] | None:
 
     from .discovery import find
     from .pde.compile import compile_problem
+    from .pde.declare import PDEProblem
     from .pde.reference import FieldSamples
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/v" not in arrays:
         return None
     problem = find(config["problem"]).build(**config.get("params", {}))
-    if problem.time is not None or problem.domain.dim != 2 or problem.state.n_out != 1:
+    if not isinstance(problem, PDEProblem) or problem.time is not None or problem.domain.dim != 2 or problem.state.n_out != 1:
         return None
     compiled = compile_problem(problem, seed=int(config.get("seed", 0)))
     ref = compiled.info.get("reference")

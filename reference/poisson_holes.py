@@ -17,7 +17,7 @@ J*: the problem is linear-quadratic, u = u₀ + S f, and certification sees f on
 loads on the disk's nodes, all of which are reachable; so J* = min over every control of the
 certified J is a sparse equality-constrained least-squares problem (u discretely harmonic off
 the disk), solved exactly by one KKT factorisation (``discrete_optimum``): a lower bound of every
-certified J. As h → 0 it decreases to the L² infimum (≈ 0.4 % lower, order ≈ 1.2 in h), which
+certified J. As h → 0 it decreases to the L² infimum (≈ 0.4 % lower, order 1.0–1.3 in h), which
 is not attained: the optimal source builds a layer of width ~h inside |x| = 1.6.
 Cross-checks (tests): smooth controls in a refined basis, the D4-invariant Zernike functions
 R_n^m(r) cos(mφ), m ∈ {0, 4, 8, …} (the data are invariant under the square's symmetry group,
