@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
            "outer.options.radius": 0.3, "outer.options.max_radius": 0.6, "outer.options.cg_steps": 5},
 }
 # Method options a preset sets for one method, under the user's own: the key is set only when the
-# run's config does not set it (--set, TOML), and not for problems that state their own setup.
+# run's config does not set it (--set, TOML), and not for problems that state their own method options.
 # nhgd every=5: K-FAC updated at every 5th inner step, as accurate and 40 % cheaper per outer step
 # (docs/heat2d-methods.md); warm_start: the IHVP refinement starts from the last outer step's solution.
 PRESET_METHOD_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -231,7 +231,7 @@ def resolve(preset: str = "quick", toml: str | Path | None = None, sets: dict[st
     for layer in layers:
         for key, value in layer.items():
             set_key(cfg, key, value)
-    if not problem_defaults:
+    if not any(key.startswith("method.options.") for key in problem_defaults or {}):  # the problem's own method setup wins
         for key, value in PRESET_METHOD_OPTIONS.get(preset, {}).get(cfg.method.name, {}).items():
             cfg.method.options.setdefault(key, value)
     return cfg

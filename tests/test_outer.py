@@ -191,7 +191,8 @@ def test_quick_preset_method_options_yield_to_the_user_and_to_other_methods():
     assert resolve("quick", sets=parse_sets(["method.options.every=1"])).method.options == {"every": 1, "warm_start": True}
     assert resolve("quick", sets=parse_sets(["method.name=broyden"])).method.options == {}
     assert resolve("paper").method.options == {}
-    assert resolve("quick", problem_defaults={"outer.steps": 5}).method.options == {}
+    assert resolve("quick", problem_defaults={"outer.steps": 5}).method.options == {"every": 5, "warm_start": True}
+    assert resolve("quick", problem_defaults={"method.options.beta": 0.8}).method.options == {"beta": 0.8}
 
 
 def test_gn_with_the_woodbury_ihvp_reaches_the_boundary_control_optimum():
