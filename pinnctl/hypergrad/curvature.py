@@ -122,11 +122,22 @@ class EFIM:
         self.scale, self.form = state["scale"], state["form"]
 
 
-def _subsample(batch: dict[str, Tensor], rows: int, seed: int) -> dict[str, Tensor]:
+def _subsample(batch: dict[str, Tensor], rows: int, seed: int, aligned: bool = False) -> dict[str, Tensor]:
     """A random subset of each condition's points, proportional to its size (≥ 1 each); the
-    permutations are drawn on the CPU, so every device picks the same points."""
-    total = sum(x.shape[0] for x in batch.values())
+    permutations are drawn on the CPU, so every device picks the same points.
+
+    ``aligned``: the tensors are columns of one sample set (x, y, idx of the same samples), so
+    one subset of ``rows`` samples is taken, the same rows of each; split by key, the rows of x
+    would no longer belong to the labels and weights kept."""
     g = torch.Generator().manual_seed(seed)
+    if aligned:
+        n = {x.shape[0] for x in batch.values()}
+        if len(n) != 1:
+            raise PinnctlError(f"an aligned batch needs one leading size for all its tensors, got {sorted(n)}")
+        size = n.pop()
+        keep = torch.randperm(size, generator=g, device=g.device)[: min(rows, size)]
+        return {name: x[keep.to(x.device)] for name, x in batch.items()}
+    total = sum(x.shape[0] for x in batch.values())
     out = {}
     for name, x in batch.items():
         m = max(1, min(x.shape[0], round(rows * x.shape[0] / total)))
@@ -145,7 +156,7 @@ class GaussNewton:
         self.blocks: deque[Tensor] = deque(maxlen=opts.gn_window)
 
     def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
-        sub = _subsample(step.batch, self.opts.gn_rows, seed=step.step)
+        sub = _subsample(step.batch, self.opts.gn_rows, seed=step.step, aligned=problem.aligned_batch)
         return {"rows": jacobian_rows(problem, step.theta, step.v, sub).double()}
 
     def observe(self, stats: dict[str, Tensor]) -> None:
