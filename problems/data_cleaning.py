@@ -55,10 +55,12 @@ def make(dataset: str = "mnist", n_train: int = 50000, n_val: int = 5000, corrup
         def t(a):  # the data go straight to the run's device
             return torch.as_tensor(a, device=device)
 
-        return cleaning_problem(t(x_tr), t(y_noisy), t(x_va), t(y[va]), lam=lam, batch_size=batch_size,
-                                x_test=t(x_test), y_test=t(y_test), seed=seed,
-                                info={"dataset": dataset, "corrupted_fraction": float((y_noisy != y[tr]).mean()),
-                                      "replaced_fraction": float(flipped.mean())})
+        problem = cleaning_problem(t(x_tr), t(y_noisy), t(x_va), t(y[va]), lam=lam, batch_size=batch_size,
+                                   x_test=t(x_test), y_test=t(y_test), seed=seed,
+                                   info={"dataset": dataset, "corrupted_fraction": float((y_noisy != y[tr]).mean()),
+                                         "replaced_fraction": float(flipped.mean())})
+        problem.clean_mask = t(y_noisy == y[tr])  # for reference classifiers (bench), not part of the run record
+        return problem
 
     return ClassificationProblem(
         name="data_cleaning", description=__doc__, build=build,
