@@ -2,8 +2,9 @@
 distillation (Fashion-MNIST, n = 5 and n = 100 per class), each row with the paper's settings.
 
 A row is a paper row of the problem file (``--preset paper``: η, α and the method's options of the
-paper's table) or an extra row: ``nsbo`` (NHGD's η/α) and ``nhgd-ours`` (our default NHGD, the
-problem's ``quick`` setup), all at the same budget. Per run: outer loss and test accuracy averaged
+paper's table) or an extra row: ``nsbo`` (NHGD's η/α), ``nhgd-ours`` (our default NHGD, the
+problem's ``quick`` setup) and ``nhgd-identity`` (the paper's NHGD row with β = 1: A = I/λ₀, what
+the paper's β = 0 means if its β weighs the new gradient), all at the same budget. Per run: outer loss and test accuracy averaged
 over the last 50 outer steps (the paper's "last 50 epochs", one epoch = one outer step), with the
 drift against the 50 steps before (how settled), wall-clock, process CPU time and the load average.
 
@@ -38,7 +39,7 @@ TASKS = {
     "distill5": ("distillation", {"per_class": 5}),
     "distill100": ("distillation", {"per_class": 100}),
 }
-EXTRA_ROWS = ("nsbo", "nhgd-ours")
+EXTRA_ROWS = ("nsbo", "nhgd-ours", "nhgd-identity")
 RUNS_FILE = RESULTS / "classification_runs.jsonl"
 TAIL = 50
 
@@ -56,6 +57,9 @@ def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[config
     if row == "nhgd-ours":
         defaults = obj.config_defaults("quick", "nhgd")
         cfg = configmod.resolve("quick", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
+    elif row == "nhgd-identity":  # A = I/λ₀ throughout: the paper's β = 0 read as the weight of the new gradient
+        defaults = {**obj.config_defaults("paper", "nhgd"), "method.options.beta": 1.0}
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
     elif row == "nsbo":
         nhgd = obj.config_defaults("paper", "nhgd")
         defaults = {**obj.config_defaults("paper", "nsbo"), "inner.lr": nhgd["inner.lr"], "outer.lr": nhgd["outer.lr"],
@@ -65,6 +69,8 @@ def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[config
         method = obj.paper_rows[row]["method.name"]
         cfg = configmod.resolve("paper", sets=sets, problem_defaults=obj.config_defaults("paper", method, row=row),
                                 **top, **{"method.name": method})
+    if cfg.params != params:  # the preset set problem parameters (cleaning's paper data): rebuild with them
+        obj = discover().get(name).build(**cfg.params)
     return cfg, obj
 
 

@@ -37,7 +37,7 @@ PAPER_RESULTS = {"stocbio": (0.4253, 0.9060), "amigo": (0.1925, 0.9101), "ttsa":
 
 
 def make(dataset: str = "mnist", n_train: int = 50000, n_val: int = 5000, corruption: float = 0.5,
-         lam: float = 1e-4, batch_size: int = 1024, normalise: str = "standard", exact_noise: bool = True,
+         lam: float = 1e-4, batch_size: int = 1024, normalise: str = "none", exact_noise: bool = False,
          data_dir: str = "") -> ClassificationProblem:
     if normalise not in NORMALISATIONS:
         raise PinnctlError(f"unknown normalise '{normalise}'; known: {', '.join(NORMALISATIONS)}")
@@ -64,11 +64,15 @@ def make(dataset: str = "mnist", n_train: int = 50000, n_val: int = 5000, corrup
 
     return ClassificationProblem(
         name="data_cleaning", description=__doc__, build=build,
-        params={"dataset": dataset, "n_train": n_train, "n_val": n_val, "corruption": corruption, "normalise": normalise},
+        params={"dataset": dataset, "n_train": n_train, "n_val": n_val, "corruption": corruption, "normalise": normalise,
+                "exact_noise": exact_noise},
         # the paper's setup: 10 SGD inner steps (η = 0.01), outer SGD (α = 0.5), no pretraining
         defaults={"pretrain.steps": 0, "inner.steps": 10, "inner.lr": 0.01, "inner.optimizer": "sgd",
                   "outer.optimizer": "sgd", "outer.lr": 0.5, "outer.clip": 0.0, "certify_every": 0},
-        preset_defaults={"quick": {"outer.steps": 300}, "paper": {"outer.steps": 1000}, "smoke": {"outer.steps": 2}},
+        # paper: BOME's data (mean 0 / std 1 inputs, exactly ⌊p·n⌋ labels replaced); 500 outer steps: settled
+        # to 0.001 in test accuracy (docs/classification.md)
+        preset_defaults={"quick": {"outer.steps": 300}, "smoke": {"outer.steps": 2},
+                         "paper": {"outer.steps": 500, "params.normalise": "standard", "params.exact_noise": True}},
         method_defaults={"nhgd": {"curvature": "efim", "beta": 0.8, "M": 5, "efim_floor": 2 * lam}},
         paper_rows=paper_rows(lam), paper_results=PAPER_RESULTS,
     )

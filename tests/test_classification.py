@@ -90,7 +90,7 @@ def cleaning_case():
 DETERMINISTIC = [("neumann", {"terms": 200}), ("cg", {"maxiter": 50}), ("nhgd", {"curvature": "gn", "cross": "full"}),
                  ("nbo", {"solver": "cg", "steps": 50})]
 STOCHASTIC = [("stocbio", {"terms": 50, "cross_batches": 20}, 1), ("amigo", {"terms": 20, "cross_batches": 20}, 10),
-              ("soba", {"cross_batches": 20}, 200), ("ttsa", {"terms": 50, "cross_batches": 20}, 200),
+              ("soba", {"cross_batches": 20}, 200), ("ttsa", {"terms": 50, "cross_batches": 20, "schedule": "random"}, 200),
               ("nsbo", {"steps": 20, "cross_batches": 20, "newton": False}, 10)]
 
 
