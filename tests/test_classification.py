@@ -261,6 +261,10 @@ def test_nhgd_beta_zero_keeps_the_last_gradient_over_the_floor():
     b = torch.randn(g.numel(), dtype=torch.float64, generator=gen)
     A = torch.linalg.inv(torch.outer(gs[-1], gs[-1]) + 0.3 * torch.eye(g.numel(), dtype=torch.float64))
     torch.testing.assert_close(est.curvature.solve(b), A @ b, rtol=1e-10, atol=1e-12)
+    one = make_method("nhgd", {"curvature": "efim", "beta": 1.0, "efim_floor": 0.3, "efim_lambda0": 2.0})
+    for g in gs:  # β = 1: no gradient weighs in, A = I/λ₀ (the bench's nhgd-identity row)
+        one.observe({"g": g})
+    torch.testing.assert_close(one.curvature.solve(b), b / 2.0)
     with pytest.raises(PinnctlError, match="efim_floor > 0"):
         make_method("nhgd", {"curvature": "efim", "beta": 0.0})
 

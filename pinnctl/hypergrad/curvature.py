@@ -97,7 +97,7 @@ class EFIM:
             self.scale *= beta
             self.row_weights = [w * beta for w in self.row_weights] + [1.0 - beta]
             self.rows.append(g)
-            keep = [i for i, w in enumerate(self.row_weights) if w > 1e-12 * max(self.row_weights)]
+            keep = [i for i, w in enumerate(self.row_weights) if w > 1e-12 * max(self.row_weights) > 0]
             self.rows = [self.rows[i] for i in keep]
             self.row_weights = [self.row_weights[i] for i in keep]
             return
@@ -111,6 +111,8 @@ class EFIM:
             if self.A is None:
                 return b / self.opts.efim_lambda0
             return self.A @ b
+        if not self.rows:  # β = 1: no gradient ever weighs in, A = I / max(λ₀, floor)
+            return b / max(self.scale, self.opts.efim_floor)
         rows = torch.stack(self.rows) * torch.tensor(self.row_weights, dtype=torch.float64, device=b.device).sqrt()[:, None]
         return LowRankPlusDamping(rows=rows, damping=max(self.scale, self.opts.efim_floor)).solve(b)
 
