@@ -1,25 +1,33 @@
-"""Classification extras: every method on hyper-data cleaning (MNIST) and data distillation
-(Fashion-MNIST, n = 5 and n = 100 per class), in the paper's table format.
+"""Classification extras against the NHGD paper's Tables 2–4: hyper-data cleaning (MNIST) and data
+distillation (Fashion-MNIST, n = 5 and n = 100 per class), each row with the paper's settings.
 
-Per task and method: outer loss and test accuracy averaged over the last 50 outer steps,
-± std over seeds, and seconds per outer step. Each task uses its problem file's setup
-(inner/outer optimisers and learning rates, NHGD options); the budget of outer steps is
-``--outer-steps`` for everyone (the paper ran longer; see docs/classification.md).
-Single-loop methods (TTSA, SOBA) run with one inner step per outer step.
+A row is a paper row of the problem file (``--preset paper``: η, α and the method's options of the
+paper's table) or an extra row: ``nsbo`` (NHGD's η/α), ``nhgd-ours`` (our default NHGD, the
+problem's ``quick`` setup) and ``nhgd-identity`` (the paper's NHGD row with β = 1: A = I/λ₀, what
+the paper's β = 0 means if its β weighs the new gradient), all at the same budget. Per run: outer loss and test accuracy averaged
+over the last 50 outer steps (the paper's "last 50 epochs", one epoch = one outer step), with the
+drift against the 50 steps before (how settled), wall-clock, process CPU time and the load average.
 
-    python bench/classification.py [--outer-steps 300] [--seeds 0,1] [--tasks cleaning,distill5,distill100]
+    python bench/classification.py run [--runs cleaning:nhgd:0,distill5:nhgd:0,...] [--outer-steps 500]
+    python bench/classification.py report     # tables (paper, ours, difference) + figures
+    python bench/classification.py bounds     # uncleaned / perfectly cleaned classifiers (cleaning)
 
-Writes bench/results/classification.json (with each run's test accuracy against wall time)
-and prints the table and a one-line summary.
+Runs append to bench/results/classification_runs.jsonl (a finished run is skipped when asked again);
+``report`` writes bench/results/classification.json and the figures bench/results/classification_<task>.png
+(test accuracy and outer loss against wall-clock, the paper's Figures 2, 3, 5–7).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
-from _common import write_result
+from _common import RESULTS, write_result
 
 from pinnctl import config as configmod
 from pinnctl.bilevel import DivergenceError, run
@@ -31,95 +39,218 @@ TASKS = {
     "distill5": ("distillation", {"per_class": 5}),
     "distill100": ("distillation", {"per_class": 100}),
 }
-METHODS = {  # name → (method, options, extra config)
-    "nhgd": ("nhgd", {}, {}),
-    "stocbio": ("stocbio", {"terms": 10}, {}),
-    "amigo": ("amigo", {"terms": 10}, {}),
-    "ttsa": ("ttsa", {"terms": 10}, {"inner.steps": 1}),
-    "soba": ("soba", {}, {"inner.steps": 1}),
-    "neumann40": ("neumann", {"terms": 40}, {}),
-    "cg10": ("cg", {"maxiter": 10}, {}),
-    "nsbo": ("nsbo", {"steps": 10}, {}),  # NSBO-SGD: 10 SGD steps on both quadratics, Newton step taken
-    "nbo-cg": ("nbo", {"solver": "cg", "steps": 10}, {}),
-}
-PAPER = {"cleaning": {"nhgd": 0.9180, "ttsa": 0.9172, "neumann40": 0.9170},
-         "distill5": {"nhgd": 0.8256, "neumann40": 0.8216}, "distill100": {"neumann10": 0.8359, "nhgd": 0.8281}}
+EXTRA_ROWS = ("nsbo", "nhgd-ours", "nhgd-identity")
+RUNS_FILE = RESULTS / "classification_runs.jsonl"
+TAIL = 50
 
 
-def run_one(task: str, method_key: str, seed: int, outer_steps: int) -> dict:
-    problem_name, params = TASKS[task]
-    method, options, extra = METHODS[method_key]
-    problem_obj = discover().get(problem_name).build(**params)
-    sets = {"outer.steps": outer_steps, **extra, **{f"method.options.{k}": v for k, v in options.items()}}
-    cfg = configmod.resolve("quick", sets=sets, problem_defaults=problem_obj.config_defaults("quick", method),
-                            **{"problem": problem_name, "seed": seed, "method.name": method})
-    setup = build(cfg, problem_obj)
-    start = time.perf_counter()
+def _problem(task: str):
+    name, params = TASKS[task]
+    return name, params, discover().get(name).build(**params)
+
+
+def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[configmod.Config, Any]:
+    """The run's config: the paper row (preset paper), or an extra row."""
+    name, params, obj = _problem(task)
+    top = {"problem": name, "seed": seed}
+    sets = {"outer.steps": outer_steps, **{f"params.{k}": v for k, v in params.items()}}
+    if row == "nhgd-ours":
+        defaults = obj.config_defaults("quick", "nhgd")
+        cfg = configmod.resolve("quick", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
+    elif row == "nhgd-identity":  # A = I/λ₀ throughout: the paper's β = 0 read as the weight of the new gradient
+        defaults = {**obj.config_defaults("paper", "nhgd"), "method.options.beta": 1.0}
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
+    elif row == "nsbo":
+        nhgd = obj.config_defaults("paper", "nhgd")
+        defaults = {**obj.config_defaults("paper", "nsbo"), "inner.lr": nhgd["inner.lr"], "outer.lr": nhgd["outer.lr"],
+                    "method.options.steps": 10}
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nsbo"})
+    else:
+        method = obj.paper_rows[row]["method.name"]
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=obj.config_defaults("paper", method, row=row),
+                                **top, **{"method.name": method})
+    if cfg.params != params:  # the preset set problem parameters (cleaning's paper data): rebuild with them
+        obj = discover().get(name).build(**cfg.params)
+    return cfg, obj
+
+
+def run_one(task: str, row: str, seed: int, outer_steps: int) -> dict:
+    cfg, obj = row_config(task, row, seed, outer_steps)
+    setup = build(cfg, obj)
+    load0, cpu0, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
     try:
         res = run(setup.problem, setup.estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=0)
         history, status = res.history, "done"
     except DivergenceError as e:
         history, status = [], f"diverged: {e}"
-    tail = history[-50:]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    tail, before = history[-TAIL:], history[-2 * TAIL:-TAIL]
+
+    def mean(rs, key):
+        vals = [r.outer_loss if key == "outer_loss" else r.metrics[key] for r in rs]
+        return statistics.fmean(vals) if vals else None
+
     return {
-        "task": task, "method": method_key, "seed": seed, "status": status, "outer_steps": len(history),
-        "outer_loss": statistics.fmean(r.outer_loss for r in tail) if tail else None,
-        "test_accuracy": statistics.fmean(r.metrics["test_accuracy"] for r in tail) if tail else None,
-        "s_per_outer_step": (time.perf_counter() - start) / max(len(history), 1),
-        "trace": [(r.wall_time, r.metrics["test_accuracy"]) for r in history],  # test accuracy against time
+        "task": task, "row": row, "seed": seed, "method": cfg.method.name, "status": status,
+        "outer_steps": len(history), "inner_steps": cfg.inner.steps, "inner_lr": cfg.inner.lr, "outer_lr": cfg.outer.lr,
+        "outer_optimizer": cfg.outer.optimizer, "options": cfg.method.options,
+        "outer_loss": mean(tail, "outer_loss"), "test_accuracy": mean(tail, "test_accuracy"),
+        "drift_test_accuracy": (mean(tail, "test_accuracy") - mean(before, "test_accuracy")) if before else None,
+        "wall_s": wall, "cpu_s": cpu, "load_start": load0, "load_end": os.getloadavg()[0],
+        "trace": [(r.wall_time, r.metrics["test_accuracy"], r.outer_loss) for r in history],
     }
+
+
+def done_runs() -> list[dict]:
+    if not RUNS_FILE.exists():
+        return []
+    return [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    have = {(r["task"], r["row"], r["seed"], r["outer_steps_asked"]) for r in done_runs()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for spec in args.runs.split(","):
+        task, row, seed = spec.split(":")
+        key = (task, row, int(seed), args.outer_steps)
+        if key in have:
+            continue
+        r = run_one(task, row, int(seed), args.outer_steps)
+        r["outer_steps_asked"] = args.outer_steps
+        with RUNS_FILE.open("a") as fh:
+            fh.write(json.dumps(r, default=float) + "\n")
+        print(f"{task:<10} {row:<10} seed {seed}: {r['status'][:30]:<8} loss {r['outer_loss'] or float('nan'):.4f} "
+              f"acc {r['test_accuracy'] or float('nan'):.4f} drift {r['drift_test_accuracy'] or 0:+.4f} "
+              f"{r['wall_s']:.0f} s wall {r['cpu_s']:.0f} s cpu load {r['load_start']:.1f}-{r['load_end']:.1f}", flush=True)
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
-            rs = [r for r in rows if r["task"] == task and r["method"] == method and r["test_accuracy"] is not None]
+    for task in TASKS:
+        obj = _problem(task)[2]
+        order = list(obj.paper_rows) + list(EXTRA_ROWS)
+        for row in order:
+            rs = [r for r in rows if r["task"] == task and r["row"] == row]
             if not rs:
-                out.append({"task": task, "method": method, "status": "diverged"})
                 continue
-
-            def ms(key):
-                xs = [r[key] for r in rs]
-                return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-            out.append({"task": task, "method": method, "seeds": len(rs), "outer_loss": ms("outer_loss"),
-                        "test_accuracy": ms("test_accuracy"), "s_per_outer_step": ms("s_per_outer_step")[0],
-                        "paper_test_accuracy": PAPER.get(task, {}).get(method)})
+            ok = [r for r in rs if r["test_accuracy"] is not None]
+            paper = obj.paper_results.get(row)
+            t = {"task": task, "row": row, "method": rs[0]["method"], "seeds": [r["seed"] for r in ok],
+                 "outer_steps": rs[0]["outer_steps_asked"], "paper": paper, "diverged": len(rs) - len(ok),
+                 "wall_s": sum(r["wall_s"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
+                 "load": statistics.fmean((r["load_start"] + r["load_end"]) / 2 for r in rs)}
+            if ok:
+                t["outer_loss"], t["test_accuracy"] = _ms([r["outer_loss"] for r in ok]), _ms([r["test_accuracy"] for r in ok])
+                t["drift"] = max(abs(r["drift_test_accuracy"] or 0) for r in ok)
+                if paper:
+                    t["diff_loss"], t["diff_acc"] = t["outer_loss"][0] - paper[0], t["test_accuracy"][0] - paper[1]
+            out.append(t)
     return out
+
+
+def markdown(table: list[dict]) -> str:
+    lines = []
+    for task in dict.fromkeys(t["task"] for t in table):
+        lines += [f"\n**{task}**\n", "| row | paper loss / acc | ours loss | ours acc | Δ loss | Δ acc | seeds | settled (Δacc last 50 vs before) | CPU s | wall s (load) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for t in (t for t in table if t["task"] == task):
+            paper = f"{t['paper'][0]:.4f} / {t['paper'][1]:.4f}" if t["paper"] else "—"
+            if "test_accuracy" not in t:
+                lines.append(f"| {t['row']} | {paper} | diverged | | | | {t['diverged']} | | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
+                continue
+            (lo, ls), (ac, as_) = t["outer_loss"], t["test_accuracy"]
+            dl = f"{t['diff_loss']:+.4f}" if "diff_loss" in t else "—"
+            da = f"{t['diff_acc']:+.4f}" if "diff_acc" in t else "—"
+            lines.append(f"| {t['row']} | {paper} | {lo:.4f} ± {ls:.4f} | {ac:.4f} ± {as_:.4f} | {dl} | {da} | "
+                         f"{','.join(map(str, t['seeds']))} | {t['drift']:.4f} | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
+    return "\n".join(lines)
+
+
+def figures(rows: list[dict]) -> list[Path]:
+    """Test accuracy and outer loss against wall-clock per task, seed 0 of each row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for r in rows:
+            if r["task"] != task or r["seed"] != min(x["seed"] for x in rows if x["task"] == task and x["row"] == r["row"]) or not r["trace"]:
+                continue
+            t, acc, loss = zip(*r["trace"])
+            a1.plot(t, acc, label=r["row"])
+            a2.plot(t, loss, label=r["row"])
+        a1.set(xlabel="wall-clock [s] (shared CPU)", ylabel="test accuracy", title=task)
+        a2.set(xlabel="wall-clock [s] (shared CPU)", ylabel="outer loss", yscale="log", title=task)
+        a1.legend(fontsize=7)
+        fig.tight_layout()
+        path = RESULTS / f"classification_{task}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    rows = done_runs()
+    table = summarise(rows)
+    md = markdown(table)
+    print(md)
+    total_cpu, total_wall = sum(r["cpu_s"] for r in rows), sum(r["wall_s"] for r in rows)
+    print(f"\n{len(rows)} runs: {total_cpu / 60:.1f} min CPU, {total_wall / 60:.1f} min wall-clock")
+    path = write_result("classification", {"table": table, "markdown": md, "cpu_s": total_cpu, "wall_s": total_wall})
+    for p in figures(rows):
+        print("figure", p)
+    print("->", path)
+
+
+def cmd_bounds(args: argparse.Namespace) -> None:
+    """The cleaning task's reference classifiers at the inner loop's own optimiser and budget:
+    uniform weights (uncleaned), weight 1 on exactly the unreplaced samples (perfect cleaning),
+    and the same with BOME's heavy-ball momentum 0.9 on the inner SGD."""
+    import torch
+
+    name, params, obj = _problem("cleaning")
+    out = {}
+    for label, weights, momentum in (("uncleaned", "uniform", 0.0), ("perfect", "clean", 0.0),
+                                     ("uncleaned_momentum", "uniform", 0.9), ("perfect_momentum", "clean", 0.9)):
+        prob = obj.compile(seed=args.seed)
+        v = prob.v0.clone()
+        if weights == "clean":
+            v = prob.clean_mask.to(v.dtype)
+        theta = prob.theta0.clone().requires_grad_(True)
+        opt = torch.optim.SGD([theta], lr=0.01, momentum=momentum)
+        cpu0 = time.process_time()
+        accs = []
+        for step in range(args.steps):
+            opt.zero_grad()
+            prob.inner_loss(theta, v, prob.sample(step)).backward()
+            opt.step()
+            if step >= args.steps - 10 * TAIL and step % 10 == 9:  # the last 50 outer steps' worth
+                accs.append(prob.metrics(theta.detach(), v)["test_accuracy"])
+        out[label] = {"test_accuracy": statistics.fmean(accs), "inner_steps": args.steps, "cpu_s": time.process_time() - cpu0}
+        print(label, out[label], flush=True)
+    write_result("classification_bounds", out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--outer-steps", type=int, default=300)
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--name", default="classification", help="result file bench/results/<name>.json")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--runs", default=",".join(f"{t}:nhgd:0" for t in TASKS))
+    r.add_argument("--outer-steps", type=int, default=500)
+    sub.add_parser("report")
+    b = sub.add_parser("bounds")
+    b.add_argument("--steps", type=int, default=5000)
+    b.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    rows = []
-    for task in args.tasks.split(","):
-        for method in args.methods.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                rows.append(run_one(task, method, seed, args.outer_steps))
-                r = rows[-1]
-                print(f"  {task:<10} {method:<9} seed {seed}: {r['status'][:40]:<8} loss {r['outer_loss'] or float('nan'):.4f} "
-                      f"test acc {r['test_accuracy'] or float('nan'):.4f}  {r['s_per_outer_step']:.3f} s/step", flush=True)
-    table = summarise(rows)
-    print(f"\n{'task':<11} {'method':<10} {'outer loss':>17} {'test accuracy':>17} {'s/step':>7} {'paper acc':>9}")
-    for t in table:
-        if "outer_loss" not in t:
-            print(f"{t['task']:<11} {t['method']:<10} diverged")
-            continue
-        paper = t["paper_test_accuracy"]
-        print(f"{t['task']:<11} {t['method']:<10} {t['outer_loss'][0]:>9.4f} ± {t['outer_loss'][1]:.4f} "
-              f"{t['test_accuracy'][0]:>9.4f} ± {t['test_accuracy'][1]:.4f} {t['s_per_outer_step']:>7.3f} "
-              f"{paper if paper else '':>9}")
-    path = write_result(args.name, {"args": vars(args), "runs": rows, "table": table})
-    best = {task: max((t for t in table if t["task"] == task and "test_accuracy" in t), key=lambda t: t["test_accuracy"][0])
-            for task in dict.fromkeys(t["task"] for t in table)}
-    print("classification: best test accuracy " + ", ".join(f"{k} {v['method']} {v['test_accuracy'][0]:.4f}" for k, v in best.items())
-          + f" ({args.outer_steps} outer steps) -> {path}")
+    {"run": cmd_run, "report": cmd_report, "bounds": cmd_bounds}[args.cmd](args)
 
 
 if __name__ == "__main__":

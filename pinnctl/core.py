@@ -46,6 +46,9 @@ class BilevelProblem:
     control_samples: Callable[[Tensor], tuple[np.ndarray, np.ndarray]] | None = None
     metrics: Callable[[Tensor, Tensor], dict[str, float]] | None = None  # per outer step, e.g. test accuracy
     info: dict[str, Any] = field(default_factory=dict)
+    # True when every tensor of a batch is a row of one sample set (classification: x, y, idx of the
+    # same samples), so a subset must take the same rows of each; False: separate point sets (PDE conditions)
+    aligned_batch: bool = False
 
     def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
         return sum(self.inner_terms(theta, v, batch).values())

@@ -97,7 +97,7 @@ class EFIM:
             self.scale *= beta
             self.row_weights = [w * beta for w in self.row_weights] + [1.0 - beta]
             self.rows.append(g)
-            keep = [i for i, w in enumerate(self.row_weights) if w > 1e-12 * max(self.row_weights)]
+            keep = [i for i, w in enumerate(self.row_weights) if w > 1e-12 * max(self.row_weights) > 0]
             self.rows = [self.rows[i] for i in keep]
             self.row_weights = [self.row_weights[i] for i in keep]
             return
@@ -111,6 +111,8 @@ class EFIM:
             if self.A is None:
                 return b / self.opts.efim_lambda0
             return self.A @ b
+        if not self.rows:  # β = 1: no gradient ever weighs in, A = I / max(λ₀, floor)
+            return b / max(self.scale, self.opts.efim_floor)
         rows = torch.stack(self.rows) * torch.tensor(self.row_weights, dtype=torch.float64, device=b.device).sqrt()[:, None]
         return LowRankPlusDamping(rows=rows, damping=max(self.scale, self.opts.efim_floor)).solve(b)
 
@@ -122,11 +124,22 @@ class EFIM:
         self.scale, self.form = state["scale"], state["form"]
 
 
-def _subsample(batch: dict[str, Tensor], rows: int, seed: int) -> dict[str, Tensor]:
+def _subsample(batch: dict[str, Tensor], rows: int, seed: int, aligned: bool = False) -> dict[str, Tensor]:
     """A random subset of each condition's points, proportional to its size (≥ 1 each); the
-    permutations are drawn on the CPU, so every device picks the same points."""
-    total = sum(x.shape[0] for x in batch.values())
+    permutations are drawn on the CPU, so every device picks the same points.
+
+    ``aligned``: the tensors are columns of one sample set (x, y, idx of the same samples), so
+    one subset of ``rows`` samples is taken, the same rows of each; split by key, the rows of x
+    would no longer belong to the labels and weights kept."""
     g = torch.Generator().manual_seed(seed)
+    if aligned:
+        n = {x.shape[0] for x in batch.values()}
+        if len(n) != 1:
+            raise PinnctlError(f"an aligned batch needs one leading size for all its tensors, got {sorted(n)}")
+        size = n.pop()
+        keep = torch.randperm(size, generator=g, device=g.device)[: min(rows, size)]
+        return {name: x[keep.to(x.device)] for name, x in batch.items()}
+    total = sum(x.shape[0] for x in batch.values())
     out = {}
     for name, x in batch.items():
         m = max(1, min(x.shape[0], round(rows * x.shape[0] / total)))
@@ -145,7 +158,7 @@ class GaussNewton:
         self.blocks: deque[Tensor] = deque(maxlen=opts.gn_window)
 
     def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
-        sub = _subsample(step.batch, self.opts.gn_rows, seed=step.step)
+        sub = _subsample(step.batch, self.opts.gn_rows, seed=step.step, aligned=problem.aligned_batch)
         return {"rows": jacobian_rows(problem, step.theta, step.v, sub).double()}
 
     def observe(self, stats: dict[str, Tensor]) -> None:

@@ -57,8 +57,11 @@ class NHGD:
                 raise PinnctlError(f"unknown curvature '{self.curvature}'; known: {', '.join(sorted(CURVATURES))}")
             if self.cross not in CROSS_MODES:
                 raise PinnctlError(f"unknown cross mode '{self.cross}'; known: {', '.join(CROSS_MODES)}")
-            if not 0.0 < self.beta <= 1.0:
-                raise PinnctlError(f"nhgd beta must be in (0, 1], got {self.beta}")
+            if not 0.0 <= self.beta <= 1.0:
+                raise PinnctlError(f"nhgd beta must be in [0, 1], got {self.beta}")
+            if self.beta == 0.0 and self.curvature == "efim" and self.efim_floor <= 0.0:
+                # β = 0 keeps only the last gradient: (g gᵀ)⁻¹ is singular; with a floor it is (g gᵀ + floor·I)⁻¹
+                raise PinnctlError("nhgd beta=0 with curvature=efim needs efim_floor > 0 (else A = (g gᵀ)⁻¹ is singular)")
             if self.refine_batch not in ("full", "last"):
                 raise PinnctlError(f"unknown refine_batch '{self.refine_batch}'; known: full, last")
             if self.damping <= 0 or self.M < 1 or self.every < 1:
