@@ -231,6 +231,12 @@ class ClassificationProblem:
         return out
 
 
+def paper_row(method: str, eta: float, alpha: float, /, **options: Any) -> dict[str, Any]:
+    """One row of a paper table as config keys: the method, inner step η, outer step α and the
+    method's options (the problem files' ``paper_rows``)."""
+    return {"method.name": method, "inner.lr": eta, "outer.lr": alpha, **{f"method.options.{k}": v for k, v in options.items()}}
+
+
 def corrupt_labels(y: np.ndarray, p: float, seed: int, classes: int = 10, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Labels replaced by uniformly random ones (which may equal the old label): each with
     probability p, or (``exact``, as BOME's data cleaning does) exactly ⌊p·n⌋ of them chosen at

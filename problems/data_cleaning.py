@@ -4,30 +4,25 @@ import numpy as np
 import torch
 
 from pinnctl import PinnctlError
-from pinnctl.classification import ClassificationProblem, cleaning_problem, corrupt_labels, standardise
+from pinnctl.classification import ClassificationProblem, paper_row, cleaning_problem, corrupt_labels, standardise
 from pinnctl.data import load
 
 NORMALISATIONS = ("standard", "none")
-
-
-def _row(method: str, eta: float, alpha: float, /, **options) -> dict:
-    """One row of the paper's Table 2: inner step η, outer step α, the method's options."""
-    return {"method.name": method, "inner.lr": eta, "outer.lr": alpha, **{f"method.options.{k}": v for k, v in options.items()}}
 
 
 def paper_rows(lam: float) -> dict:
     """Table 2 (App. E.1): D = 1024, 10 inner iterations, λ = 1e-4 for everyone; M = 5 samples of the
     cross term for NHGD; Neumann's M has no counterpart here (its HVPs use the last inner batch)."""
     return {
-        "nhgd": _row("nhgd", 0.01, 0.5, curvature="efim", beta=0.8, M=5, efim_floor=2 * lam),
-        "stocbio": _row("stocbio", 0.01, 1.0, terms=10, eta=0.01, batch=100, mu=1e-4),
-        "amigo": _row("amigo", 0.01, 0.5, terms=10, eta=0.001),
-        "ttsa": _row("ttsa", 0.01, 0.5, terms=10),
-        "soba": _row("soba", 0.1, 0.5),
-        "neumann10": _row("neumann", 0.005, 1.0, terms=10, phi=0.1),
-        "neumann40": _row("neumann", 0.01, 1.0, terms=40, phi=0.1),
-        "cg10": _row("cg", 0.01, 0.5, maxiter=10),
-        "cg40": _row("cg", 0.01, 0.1, maxiter=40),
+        "nhgd": paper_row("nhgd", 0.01, 0.5, curvature="efim", beta=0.8, M=5, efim_floor=2 * lam),
+        "stocbio": paper_row("stocbio", 0.01, 1.0, terms=10, eta=0.01, batch=100, mu=1e-4),
+        "amigo": paper_row("amigo", 0.01, 0.5, terms=10, eta=0.001),
+        "ttsa": paper_row("ttsa", 0.01, 0.5, terms=10),
+        "soba": paper_row("soba", 0.1, 0.5),
+        "neumann10": paper_row("neumann", 0.005, 1.0, terms=10, phi=0.1),
+        "neumann40": paper_row("neumann", 0.01, 1.0, terms=40, phi=0.1),
+        "cg10": paper_row("cg", 0.01, 0.5, maxiter=10),
+        "cg40": paper_row("cg", 0.01, 0.1, maxiter=40),
     }
 
 

@@ -2,13 +2,8 @@
 
 import torch
 
-from pinnctl.classification import ClassificationProblem, distillation_problem
+from pinnctl.classification import ClassificationProblem, paper_row, distillation_problem
 from pinnctl.data import load
-
-
-def _row(method: str, eta: float, alpha: float, /, **options) -> dict:
-    """One row of the paper's Tables 3–4: inner step η, outer step α, the method's options."""
-    return {"method.name": method, "inner.lr": eta, "outer.lr": alpha, **{f"method.options.{k}": v for k, v in options.items()}}
 
 
 def paper_rows(per_class: int, lam: float) -> dict:
@@ -16,25 +11,25 @@ def paper_rows(per_class: int, lam: float) -> dict:
     n = 5's NHGD β = 0 keeps only the last gradient: A = (g gᵀ + floor·I)⁻¹ (docs/classification.md)."""
     if per_class == 5:
         return {
-            "nhgd": _row("nhgd", 1.0, 0.01, curvature="efim", beta=0.0, M=1, efim_floor=2 * lam),
-            "amigo": _row("amigo", 0.001, 0.005, terms=10, eta=1.0),
-            "ttsa": _row("ttsa", 10.0, 0.01, terms=10),
-            "soba": _row("soba", 2.0, 1.9),
-            "neumann10": _row("neumann", 0.1, 0.005, terms=10, phi=0.1),
-            "neumann40": _row("neumann", 1.0, 0.001, terms=40, phi=0.1),
-            "cg10": _row("cg", 0.001, 0.001, maxiter=10),
-            "cg40": _row("cg", 0.001, 0.001, maxiter=40),
+            "nhgd": paper_row("nhgd", 1.0, 0.01, curvature="efim", beta=0.0, M=1, efim_floor=2 * lam),
+            "amigo": paper_row("amigo", 0.001, 0.005, terms=10, eta=1.0),
+            "ttsa": paper_row("ttsa", 10.0, 0.01, terms=10),
+            "soba": paper_row("soba", 2.0, 1.9),
+            "neumann10": paper_row("neumann", 0.1, 0.005, terms=10, phi=0.1),
+            "neumann40": paper_row("neumann", 1.0, 0.001, terms=40, phi=0.1),
+            "cg10": paper_row("cg", 0.001, 0.001, maxiter=10),
+            "cg40": paper_row("cg", 0.001, 0.001, maxiter=40),
         }
     return {
-        "nhgd": _row("nhgd", 1.0, 0.5, curvature="efim", beta=0.99, M=5, efim_floor=2 * lam),
-        "stocbio": _row("stocbio", 1.0, 1.0, terms=10, eta=0.01, batch=5, mu=1e-4),
-        "amigo": _row("amigo", 0.001, 1.0, terms=10, eta=1.0),
-        "ttsa": _row("ttsa", 1.0, 0.1, terms=10),
-        "soba": _row("soba", 0.5, 1.0),
-        "neumann10": _row("neumann", 1.0, 0.5, terms=10, phi=0.05),
-        "neumann40": _row("neumann", 1.0, 0.1, terms=40, phi=0.1),
-        "cg10": _row("cg", 0.005, 0.5, maxiter=10),
-        "cg40": _row("cg", 0.005, 0.5, maxiter=40),
+        "nhgd": paper_row("nhgd", 1.0, 0.5, curvature="efim", beta=0.99, M=5, efim_floor=2 * lam),
+        "stocbio": paper_row("stocbio", 1.0, 1.0, terms=10, eta=0.01, batch=5, mu=1e-4),
+        "amigo": paper_row("amigo", 0.001, 1.0, terms=10, eta=1.0),
+        "ttsa": paper_row("ttsa", 1.0, 0.1, terms=10),
+        "soba": paper_row("soba", 0.5, 1.0),
+        "neumann10": paper_row("neumann", 1.0, 0.5, terms=10, phi=0.05),
+        "neumann40": paper_row("neumann", 1.0, 0.1, terms=40, phi=0.1),
+        "cg10": paper_row("cg", 0.005, 0.5, maxiter=10),
+        "cg40": paper_row("cg", 0.005, 0.5, maxiter=40),
     }
 
 
