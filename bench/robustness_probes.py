@@ -73,7 +73,6 @@ def probe(row, root: Path, finished: Path, mod) -> dict:
 
 
 def main() -> None:
-    os.environ.setdefault("PINNCTL_DATA", "/work/shared/data")
     mod = _rows()
     from pinnctl.cli import main as cli
 

@@ -210,7 +210,6 @@ ROWS = [
 
 @pytest.mark.parametrize("row", [pytest.param(row, id=row.id, marks=row.marks) for row in ROWS])
 def test_bad_input_is_one_line_and_touches_nothing(row: Row, work: Path, capsys, monkeypatch):
-    monkeypatch.setenv("PINNCTL_DATA", os.environ.get("PINNCTL_DATA", "/work/shared/data"))
     if row.prepare is not None:
         row.prepare(work)
     before = _digest(work / "run")
