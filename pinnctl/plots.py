@@ -132,18 +132,33 @@ def plot_images(data: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "distilled_images.png", data)
 
 
+def _rebuilt(data: dict[str, Any], compiled: bool = False) -> Any:
+    """The run's problem (or, with ``compiled``, its compiled form) from its stored config, built once
+    per read of the run file for all the figures that need it (``pinnctl plot`` draws several)."""
+    memo = data.setdefault("rebuilt", {})
+    config = data["attrs"]["config"]
+    if "problem" not in memo:
+        from .discovery import find
+
+        memo["problem"] = find(config["problem"]).build(**config.get("params", {}))
+    if compiled and "compiled" not in memo:
+        from .pde.compile import compile_problem
+
+        memo["compiled"] = compile_problem(memo["problem"], seed=int(config.get("seed", 0)))
+    return memo["compiled"] if compiled else memo["problem"]
+
+
 def _state_fields(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]] | None:
     """u_θ and u_exact on a space grid at a few times, or None when the problem has no such picture."""
     import torch
 
-    from .discovery import find
     from .geometry import Box
     from .problem import reference_of
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/t" not in arrays:
         return None
-    problem = find(config["problem"]).build(**config.get("params", {}))
+    problem = _rebuilt(data)
     if problem.time is None or not isinstance(problem.domain, Box) or len(problem.domain.lo) != 2:
         return None
     ref = reference_of(problem)
@@ -192,18 +207,16 @@ def _steady_fields(data: dict[str, Any]) -> dict[str, np.ndarray] | None:
     control there, and on a grid of the domain u_θ and u_ref (the learned control in the solver)."""
     import torch
 
-    from .discovery import find
-    from .pde.compile import compile_problem
     from .pde.declare import PDEProblem
     from .pde.reference import FieldSamples
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "state/theta" not in arrays or "control/v" not in arrays:
         return None
-    problem = find(config["problem"]).build(**config.get("params", {}))
+    problem = _rebuilt(data)
     if not isinstance(problem, PDEProblem) or problem.time is not None or problem.domain.dim != 2 or problem.state.n_out != 1:
         return None
-    compiled = compile_problem(problem, seed=int(config.get("seed", 0)))
+    compiled = _rebuilt(data, compiled=True)
     ref = compiled.info.get("reference")
     if ref is None or not isinstance(ref.control, FieldSamples):
         return None
@@ -258,19 +271,18 @@ def _profiles(data: dict[str, Any]) -> dict[str, Any] | None:
     points: that output of the PINN, of the reference for the learned control, and the target."""
     import torch
 
-    from .discovery import find
-    from .pde.compile import compile_problem, objective_points
+    from .pde.compile import objective_points
     from .pde.declare import Points, Tracking
     from .pde.reference import ControlVector, reference_of
 
     config, arrays = data["attrs"]["config"], data["arrays"]
     if "control/v" not in arrays or "reference/f" not in arrays:
         return None
-    problem = find(config["problem"]).build(**config.get("params", {}))
+    problem = _rebuilt(data)
     ref = reference_of(problem)
     if ref is None or not isinstance(ref.control, ControlVector):
         return None
-    compiled = compile_problem(problem, seed=int(config.get("seed", 0)))
+    compiled = _rebuilt(data, compiled=True)
     v = torch.as_tensor(arrays["control/v"], dtype=compiled.v0.dtype)
     control = np.asarray(compiled.info["encode_control"](v), dtype=np.float64).reshape(-1)
     if control.shape != np.shape(arrays["reference/f"]):
