@@ -39,6 +39,7 @@ from scipy.optimize import minimize
 from scipy.sparse.linalg import splu
 
 from pinnctl import PinnctlError
+from pinnctl.diskcache import disk_cached
 from pinnctl.pde.declare import PiecewiseLinear
 from pinnctl.pde.reference import Bound, ControlVector, Optimum
 
@@ -317,6 +318,7 @@ def _check_theta(theta: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+@disk_cached(depends=("pinnctl.pde.declare", "skfem"))  # 19 CPU s of L-BFGS-B, the same in every run
 def _optimum(outflow: str, re: float, mesh: tuple[int, int], start: tuple[float, ...] | None = None
              ) -> tuple[float, float, np.ndarray, int, float]:
     """Two phases, because the optimum is bang-bang (θ at 0 or 4 on most nodes, see report) and the

@@ -39,6 +39,7 @@ from scipy.sparse.linalg import splu
 from scipy.special import eval_jacobi
 
 from pinnctl import PinnctlError
+from pinnctl.diskcache import disk_cached
 from pinnctl.pde.reference import Bound, FieldSamples, Optimum
 
 HALF = 4.0  # the square is [−HALF, HALF]²
@@ -293,6 +294,7 @@ def basis_optimum(functions: Callable[[np.ndarray, int], np.ndarray], degree: in
 
 
 @lru_cache(maxsize=8)
+@disk_cached(depends=("triangle", "skfem"))  # mesh + KKT solve, 2-3 CPU s, the same in every run
 def discrete_optimum(h: float = H) -> tuple[float, np.ndarray, float]:
     """(J*, f*, CPU s): the minimum of the certified J over every control it can see, f* as nodal
     values of a P1 function on the disk (0 elsewhere), and what computing them cost.

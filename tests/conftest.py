@@ -1,11 +1,26 @@
 """Shared small problems for tests (tiny nets, few points, float64 where truth is needed)."""
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
 from pinnctl.geometry import Box
 from pinnctl.nets import MLP
 from pinnctl.problem import Boundary, Grid, Initial, Interior, PDEProblem, TimeControl, Tracking, compile_problem
+
+
+def pytest_configure(config):
+    """Tests never read the user's reference cache (pinnctl.diskcache): each session starts an empty one,
+    so every J* a test checks is computed in that session."""
+    config._pinnctl_cache = tempfile.mkdtemp(prefix="pinnctl-test-cache-")
+    os.environ["PINNCTL_CACHE"] = config._pinnctl_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_pinnctl_cache", ""), ignore_errors=True)
 
 
 def tiny_heat(nu: float = 0.1, widths=(3, 8, 8, 1), n: int = 32) -> PDEProblem:
