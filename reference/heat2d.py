@@ -163,9 +163,13 @@ def _continuum_system(nu: float, nodes: int = NODES, max_mode: int = MODES_CONT)
     xi, wg = GAUSS
     s = h * (xi + 1) / 2
     w = wg * h / 2
-    amp = (8.0 / (np.pi**2 * odd[:, None] * odd[None, :])).reshape(-1)  # c_m c_n
-    rho = (16 * 32.0 / (np.pi**6 * odd[:, None] ** 3 * odd[None, :] ** 3)).reshape(-1)  # target's modal amplitude
-    lam = lam.reshape(-1)
+    # modes (m, n) and (n, m) share λ, amplitude and target amplitude: sum over m ≤ n, twice off the diagonal
+    iu = np.triu_indices(len(odd))
+    twice = np.where(iu[0] == iu[1], 1.0, 2.0)
+    amp = (8.0 / (np.pi**2 * odd[:, None] * odd[None, :]))[iu]  # c_m c_n
+    rho = (16 * 32.0 / (np.pi**6 * odd[:, None] ** 3 * odd[None, :] ** 3))[iu] * twice  # target's modal amplitude (×2)
+    lam = lam[iu]
+    amp_w = amp * np.sqrt(twice)  # enters the Gram sums squared
     n_off = n_int + 1  # full-hat offsets −1 … n_int−1
     P = np.zeros((n_off, n_off))  # Σ_modes amp² Σ_g w G(i,g) G(j,g)
     Q = np.zeros((n_int, n_off))  # half hat × full hat
@@ -175,7 +179,7 @@ def _continuum_system(nu: float, nodes: int = NODES, max_mode: int = MODES_CONT)
     for lo in range(0, lam.size, 2048):
         sl = slice(lo, lo + 2048)
         full, half = hat_responses(lam[sl], h, n_int, s)
-        a = amp[sl][:, None, None]
+        a = amp_w[sl][:, None, None]
         fw = (full * a * np.sqrt(w)).transpose(1, 0, 2).reshape(n_off, -1)
         hw = (half * a * np.sqrt(w)).transpose(1, 0, 2).reshape(n_int, -1)
         P += fw @ fw.T
