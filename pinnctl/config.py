@@ -42,6 +42,11 @@ class InnerCfg:
     # `settle` (relative) of the mean of the window before; 0 disables (always the full budget)
     settle: float = 0.0
     settle_window: int = 5
+    # Gauss–Newton (ENGD) steps on θ with the outer step's Woodbury factorisation (outer.ihvp=woodbury), line
+    # search on the full-batch inner loss: at the "start" of the inner loop (θ follows the new v), at its
+    # "end" (before the hypergradient), or "both"; 0 disables
+    polish: int = 0
+    polish_at: str = "start"
 
 
 @dataclass
@@ -294,6 +299,12 @@ def validate(cfg: Config, *, bilevel: bool = True) -> None:
 
     _check(cfg.outer.ihvp in IHVP_KINDS, "outer.ihvp", cfg.outer.ihvp, f"one of {', '.join(IHVP_KINDS)}")
     _check(cfg.outer.ihvp_damping > 0, "outer.ihvp_damping", cfg.outer.ihvp_damping, "> 0")
+    from .outer import POLISH_AT
+
+    _check(cfg.inner.polish >= 0, "inner.polish", cfg.inner.polish, "≥ 0 (0 disables)")
+    _check(cfg.inner.polish == 0 or cfg.outer.ihvp == "woodbury", "inner.polish", cfg.inner.polish,
+           "0 unless outer.ihvp=woodbury (it reuses that factorisation)")
+    _check(cfg.inner.polish_at in POLISH_AT, "inner.polish_at", cfg.inner.polish_at, f"one of {', '.join(POLISH_AT)}")
 
     _check(cfg.sampling.scheme in SCHEMES, "sampling.scheme", cfg.sampling.scheme, f"one of {', '.join(SCHEMES)}")
 
