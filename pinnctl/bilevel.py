@@ -195,7 +195,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     """
     v = problem.v0.detach().clone().requires_grad_(True)
     outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
-    check_ihvp(outer.ihvp, outer.ihvp_damping, inner.polish, inner.polish_at)
+    check_ihvp(outer.ihvp, outer.ihvp_damping, inner.polish)
     factors = Factorisation(outer.ihvp_damping) if outer.ihvp == "woodbury" else None
     if resume is None:
         start = time.perf_counter()
@@ -256,16 +256,17 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     A guarded outer optimiser (lbfgs, gn) first judges its last trial by the PINN's outer
     loss after the inner loop; a rejected trial ends the step there (no hypergradient is
     computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer_rejected']`` as 1).
-    With ``inner.polish`` the inner loop starts (after v moved) and/or ends with Gauss–Newton steps
-    on θ through ``factors``, the Woodbury factorisation the gn step also uses."""
+    With ``inner.polish`` the inner loop starts (after v moved) with Gauss–Newton steps on θ through
+    ``factors``, the Woodbury factorisation the last gn step used. Not at the end of the loop: the gn
+    step's IHVP must be factored at the θ its cross products are taken at (a stale factorisation
+    amplifies the part of Lᵀw outside its rows' span by 1/λ; measured: G's scale 10⁵× too large)."""
     t_inner = t_curv = 0.0
     v_fixed = v.detach().clone()
     losses: list[float] = []
     polish_info: dict[str, float] = {}
-    if inner.polish > 0 and inner.polish_at in ("start", "both") and factors is not None and factors.theta is not None:
+    if inner.polish > 0 and factors is not None and factors.theta is not None:
         t0 = time.perf_counter()
-        polish_info = {f"start_{key}": x for key, x in
-                       gauss_newton_polish(problem, state.theta, v_fixed, factors.inverse(problem), inner.polish).items()}
+        polish_info = gauss_newton_polish(problem, state.theta, v_fixed, factors.inverse(problem), inner.polish)
         t_inner += time.perf_counter() - t0
     for _ in range(inner_budget(inner, k)):
         t0 = time.perf_counter()
@@ -285,14 +286,6 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
                            t_inner, t_curv, time.perf_counter() - t0,
                            {"outer_rejected": 1.0, "inner_steps": float(len(losses)), **polish_info})
-    polish_end = inner.polish > 0 and inner.polish_at in ("end", "both") and factors is not None
-    if polish_end:  # this step's factorisation, at the θ the inner loop ended at (built here, reused by gn)
-        factors.reset(state.theta, v_fixed)
-        t1 = time.perf_counter()
-        polish_info.update({f"end_{key}": x for key, x in
-                            gauss_newton_polish(problem, state.theta, v_fixed, factors.inverse(problem), inner.polish).items()})
-        t_inner += time.perf_counter() - t1
-        t0 += time.perf_counter() - t1
     result = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     if result.theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
         with torch.no_grad():
@@ -304,7 +297,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     check_finite(hnorm, f"hypergradient norm at outer step {k}")
     check_finite(outer_loss, f"outer loss at outer step {k}")
     t0 = time.perf_counter()
-    if factors is not None and not polish_end:  # this step's factorisation (built on first use: a rejected trial never pays)
+    if factors is not None:  # this step's factorisation (built on first use: a rejected trial never pays)
         factors.reset(state.theta, v_fixed)
     ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps, outer.ihvp,
                        outer.ihvp_damping, factors)

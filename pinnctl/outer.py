@@ -78,10 +78,7 @@ FALLBACK_STEPS = 10
 IHVP_KINDS = ("method", "woodbury")
 
 
-POLISH_AT = ("start", "end", "both")
-
-
-def check_ihvp(kind: str, damping: float, polish: int = 0, polish_at: str = "start") -> None:
+def check_ihvp(kind: str, damping: float, polish: int = 0) -> None:
     """One-line errors for ``outer.ihvp`` / ``outer.ihvp_damping`` / ``inner.polish`` before the run starts."""
     if kind not in IHVP_KINDS:
         raise PinnctlError(f"unknown outer.ihvp '{kind}'; known: {', '.join(IHVP_KINDS)}")
@@ -92,8 +89,6 @@ def check_ihvp(kind: str, damping: float, polish: int = 0, polish_at: str = "sta
     if polish > 0 and kind != "woodbury":
         raise PinnctlError("inner.polish reuses the outer step's Woodbury factorisation: set outer.ihvp=woodbury "
                            "(and outer.optimizer=gn), or inner.polish=0")
-    if polish_at not in POLISH_AT:
-        raise PinnctlError(f"unknown inner.polish_at '{polish_at}'; known: {', '.join(POLISH_AT)}")
 
 
 class Factorisation:

@@ -45,10 +45,10 @@ def test_polish_step_is_the_dense_gauss_newton_step_after_v_moved(tiny_problem):
 def test_resume_with_polish_is_bit_identical(tmp_path):
     prob = compile_problem(tiny_heat(), seed=0)
     est_opts = {"curvature": "kfac", "every": 2, "refine": 2, "warm_start": True}
-    cfg = dict(pretrain=PretrainCfg(steps=20), inner=InnerCfg(steps=3, polish=1, polish_at="both"), certify_every=0)
+    cfg = dict(pretrain=PretrainCfg(steps=20), inner=InnerCfg(steps=3, polish=1), certify_every=0)
     outer = dict(optimizer="gn", ihvp="woodbury", options={"cg_steps": 2})
     full = run(prob, make_method("nhgd", est_opts), **cfg, outer=OuterCfg(steps=4, **outer))
-    assert all("start_polish_eta" in r.info for r in full.history[1:]) and "end_polish_eta" in full.history[0].info
+    assert all("polish_eta" in r.info for r in full.history[1:]) and "polish_eta" not in full.history[0].info
 
     def keep(snap):
         if snap["outer_step"] == 2:
@@ -64,8 +64,8 @@ def test_resume_with_polish_is_bit_identical(tmp_path):
 def test_polish_without_the_woodbury_factorisation_is_a_one_line_error():
     with pytest.raises(PinnctlError, match="inner.polish' must be 0 unless outer.ihvp=woodbury"):
         validate(resolve("paper", sets=parse_sets(["inner.polish=2"])))
-    with pytest.raises(PinnctlError, match="inner.polish_at' must be one of start, end, both"):
-        validate(resolve("gn", sets=parse_sets(["inner.polish=1", "inner.polish_at=middle"])))
+    with pytest.raises(PinnctlError, match="inner.polish' must be ≥ 0"):
+        validate(resolve("gn", sets=parse_sets(["inner.polish=-1"])))
     prob = compile_problem(tiny_heat(), seed=0)
     with pytest.raises(PinnctlError, match="set outer.ihvp=woodbury"):
         run(prob, make_method("nhgd", {}), pretrain=PretrainCfg(steps=1), inner=InnerCfg(steps=1, polish=1),
