@@ -62,6 +62,8 @@ METHODS = {
     # of each inner loop, then Adam until the loss settles (2 % over windows of 10 steps, at most 120 steps)
     "nhgd-gnp": ("nhgd", {"every": 5, "warm_start": True}, GNP_INNER, GNW_OUTER),
     "broyden-fast-gnp": ("broyden", {"variant": "fast"}, GNP_INNER, GNW_OUTER),
+    # the same with the hypergradient from the gn step's own factorisation: h = ∇_v f − L(G + λI)⁻¹∇_θ f
+    "exact-gnp": ("exact", {"matrix": "gn", "solver": "woodbury", "damping": 1e-3}, GNP_INNER, GNW_OUTER),
     "nhgd-every5-20": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}),
     "broyden-fast-20": ("broyden", {"variant": "fast"}, {"steps": 20}),
 }

@@ -197,6 +197,8 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
     check_ihvp(outer.ihvp, outer.ihvp_damping, inner.polish)
     factors = Factorisation(outer.ihvp_damping) if outer.ihvp == "woodbury" else None
+    if factors is not None and hasattr(estimator, "share_factorisation"):  # exact solver=woodbury: one factorisation
+        estimator.share_factorisation(factors)
     if resume is None:
         start = time.perf_counter()
         state = InnerState.create(problem.theta0, pretrain)

@@ -104,6 +104,9 @@ class Factorisation:
         self._inverse: Any = None
 
     def reset(self, theta: Tensor, v: Tensor) -> None:
+        """Anchor at (θ, v); a no-op when it is anchored there already (the factorisation is kept)."""
+        if self.theta is not None and torch.equal(self.theta, theta.detach()) and torch.equal(self.v, v.detach()):
+            return
         self.theta, self.v, self._inverse = theta.detach().clone(), v.detach().clone(), None
 
     def inverse(self, problem: BilevelProblem) -> Any:

@@ -70,3 +70,26 @@ def test_polish_without_the_woodbury_factorisation_is_a_one_line_error():
     with pytest.raises(PinnctlError, match="set outer.ihvp=woodbury"):
         run(prob, make_method("nhgd", {}), pretrain=PretrainCfg(steps=1), inner=InnerCfg(steps=1, polish=1),
             outer=OuterCfg(steps=1, optimizer="gn"), certify_every=0)
+
+
+def test_exact_woodbury_hypergradient_is_the_dense_one_and_shares_the_gn_factorisation(tiny_problem, monkeypatch):
+    prob = tiny_problem
+    theta, v = prob.theta0.double(), prob.v0.double() + 0.3
+    dense = make_method("exact", {"matrix": "gn", "solver": "dense", "damping": 1e-3}).hypergradient(prob, theta, v, 0).h
+    wood = make_method("exact", {"matrix": "gn", "solver": "woodbury", "damping": 1e-3}).hypergradient(prob, theta, v, 0).h
+    assert float((wood - dense).norm() / dense.norm()) < 1e-8
+    import pinnctl.hypergrad.linalg as linalg
+
+    built = []
+    original = linalg.WoodburyInverse.__init__
+
+    def counting(self, rows, damping):
+        built.append(1)
+        original(self, rows, damping)
+
+    monkeypatch.setattr(linalg.WoodburyInverse, "__init__", counting)
+    res = run(prob, make_method("exact", {"matrix": "gn", "solver": "woodbury", "damping": 1e-3}), pretrain=PretrainCfg(steps=5),
+              inner=InnerCfg(steps=2, polish=1), outer=OuterCfg(steps=3, optimizer="gn", ihvp="woodbury", options={"cg_steps": 2}),
+              certify_every=0)
+    accepted = sum(1 for r in res.history if not r.info.get("outer_rejected"))
+    assert len(built) == accepted  # one factorisation per outer step for h, the gn step and the next polish
