@@ -93,3 +93,11 @@ def test_exact_woodbury_hypergradient_is_the_dense_one_and_shares_the_gn_factori
               certify_every=0)
     accepted = sum(1 for r in res.history if not r.info.get("outer_rejected"))
     assert len(built) == accepted  # one factorisation per outer step for h, the gn step and the next polish
+
+
+def test_gn_exact_preset_is_the_gn_preset_with_the_shared_woodbury_hypergradient():
+    cfg, gn = resolve("gn-exact"), resolve("gn")
+    assert cfg.method.name == "exact" and cfg.method.options == {"matrix": "gn", "solver": "woodbury", "damping": 1e-3}
+    assert cfg.method.options["damping"] == cfg.outer.ihvp_damping  # the condition for sharing the factorisation
+    assert (cfg.inner, cfg.outer) == (gn.inner, gn.outer)
+    validate(cfg)
