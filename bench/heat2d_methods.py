@@ -25,7 +25,7 @@ import time
 
 from _common import CapReached, capped, write_result
 from pinnctl.bilevel import InnerState, run, train_state
-from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
+from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg, parse_sets
 from pinnctl.discovery import discover
 from pinnctl.hypergrad import make_method
 from pinnctl.problem import compile_problem, load_reference
@@ -35,6 +35,7 @@ ENGD_INNER = {"optimizer": "engd", "steps": 1, "lr": 1.0, "damping": 1e-4}  # on
 KFAC_INNER = {"optimizer": "kfac", "steps": 10, "lr": 1.0, "damping": 1e-3}
 GN_OUTER = {"optimizer": "gn", "ihvp_steps": 3, "options": {"radius": 0.3, "cg_steps": 5}}
 GNW_OUTER = {"optimizer": "gn", "ihvp": "woodbury", "options": {"radius": 0.3, "max_radius": 0.6, "cg_steps": 5}}
+GNP_INNER = {"steps": 120, "settle": 0.02, "settle_window": 10, "polish": 2}
 METHODS = {
     "nhgd": ("nhgd", {}, {}),
     "nhgd-every5": ("nhgd", {"every": 5}, {}),
@@ -57,10 +58,17 @@ METHODS = {
     # the preset gn: the exact linear IHVP (outer.ihvp=woodbury) and 60 inner steps per outer step
     "nhgd-gnw": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 60}, GNW_OUTER),
     "broyden-fast-gnw": ("broyden", {"variant": "fast"}, {"steps": 60}, GNW_OUTER),
+    # the polished gn preset (session 4): 2 Gauss–Newton polish steps through the gn step's factorisation at the start
+    # of each inner loop, then Adam until the loss settles (2 % over windows of 10 steps, at most 120 steps)
+    "nhgd-gnp": ("nhgd", {"every": 5, "warm_start": True}, GNP_INNER, GNW_OUTER),
+    "broyden-fast-gnp": ("broyden", {"variant": "fast"}, GNP_INNER, GNW_OUTER),
+    # the same with the hypergradient from the gn step's own factorisation: h = ∇_v f − L(G + λI)⁻¹∇_θ f
+    "exact-gnp": ("exact", {"matrix": "gn", "solver": "woodbury", "damping": 1e-3}, GNP_INNER, GNW_OUTER),
     "nhgd-every5-20": ("nhgd", {"every": 5, "warm_start": True}, {"steps": 20}),
     "broyden-fast-20": ("broyden", {"variant": "fast"}, {"steps": 20}),
 }
 TARGETS = (2.0, 1.5, 1.2, 1.1, 1.05, 1.02, 1.01)
+J_STAR = [1.0]  # set by main: the per-step lines print J/J*
 
 
 def run_method(prob, method, options, inner, outer, pretrained, outer_steps, cap_s):
@@ -76,6 +84,9 @@ def run_method(prob, method, options, inner, outer, pretrained, outer_steps, cap
 
     def callback(rec):
         cpu.append(time.process_time() - c0)
+        terms = " ".join(f"{k} {x:.1e}" for k, x in rec.inner_terms.items())
+        print(f"    step {rec.step + 1:3d}  J/J* {rec.certified['grid'] / J_STAR[0]:.4f}  f_pinn/J* {rec.outer_loss / J_STAR[0]:.4f}  "
+              f"{terms}  {cpu[-1]:.0f} CPU s" + ("  rejected" if rec.info.get("outer_rejected") else ""), flush=True)
         collect(rec)
 
     try:
@@ -111,6 +122,10 @@ def summarise(name, records, cpu, j_star):
         "steps_to": {f"{t:g}": next((k + 1 for k, (_, c) in enumerate(cert) if c <= t * j_star), None) for t in TARGETS},
         "trace": cert,
         "trace_cpu": [w for w, _ in cert_cpu],
+        "outer_loss_trace": [r.outer_loss for r in records],
+        "inner_terms_trace": [r.inner_terms for r in records],
+        "info_trace": [{k: x for k, x in r.info.items() if k.startswith(("outer_", "polish_", "inner_steps"))}
+                       for r in records],
     }
     for key in ("ihvp_norm", "newton_scale", "newton_norm"):  # per-step diagnostics where the method reports them
         if records and key in records[0].info:
@@ -119,6 +134,41 @@ def summarise(name, records, cpu, j_star):
     if residuals:
         row["mean_solver_residual"] = sum(residuals) / len(residuals)
     return row
+
+
+def _pretrained(prob, seed, steps, cache):
+    """θ after ``steps`` Adam steps of pretraining at v0 (BPN's lr 1e-3), from ``cache`` when it has them."""
+    import torch
+
+    key = f"seed{seed}_steps{steps}"
+    saved = torch.load(cache, weights_only=True) if cache and os.path.exists(cache) else {}
+    if key in saved:
+        print(f"seed {seed}: pretrained state ({steps} Adam steps) from {cache}")
+        return saved[key]
+    state = InnerState.create(prob.theta0, PretrainCfg())
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_state(prob, state, prob.v0, steps)
+    print(f"seed {seed}: pretrained state: {steps} Adam steps in {time.perf_counter() - t0:.0f} s "
+          f"({time.process_time() - c0:.0f} CPU s)")
+    theta = state.theta.detach().clone()
+    if cache:
+        torch.save({**saved, key: theta}, cache)
+    return theta
+
+
+def _override(options, inner, outer, overrides):
+    """The row's (method options, inner, outer settings) with the --set overrides applied on top."""
+    for key, value in overrides.items():
+        section, _, rest = key.partition(".")
+        if section == "method" and rest.startswith("options."):
+            options[rest[len("options."):]] = value
+        elif section == "outer" and rest.startswith("options."):
+            outer.setdefault("options", {})[rest[len("options."):]] = value
+        elif section in ("inner", "outer") and rest:
+            (inner if section == "inner" else outer)[rest] = value
+        else:
+            raise SystemExit(f"--set {key}: expected inner.<key>, outer.<key>, outer.options.<key> or method.options.<key>")
+    return options, inner, outer
 
 
 def _median(values):
@@ -147,23 +197,26 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (net init and points); medians are reported")
     ap.add_argument("--name", default="heat2d_methods", help="result file bench/results/<name>.json")
     ap.add_argument("--baseline", default="nhgd", help="the row the speed-ups are taken against")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for every row: inner.<key>, outer.<key>, outer.options.<key> or method.options.<key>")
+    ap.add_argument("--pretrained", default="", help="cache file of the pretrained states (per seed and --pretrain): "
+                    "loaded when it holds the seed, else written")
     args = ap.parse_args()
+    overrides = parse_sets(args.set)
 
     problem = discover().get("heat2d").build()
     j_star = load_reference("heat2d").optimum(nu=problem.params["nu"], measure="grid").J
+    J_STAR[0] = j_star
     per_seed = []
     for seed in (int(x) for x in args.seeds.split(",")):
         prob = compile_problem(problem, seed=seed)
-        state = InnerState.create(prob.theta0, PretrainCfg())
-        t0, c0 = time.perf_counter(), time.process_time()
-        train_state(prob, state, prob.v0, args.pretrain)
-        print(f"seed {seed}: pretrained state: {args.pretrain} Adam steps in {time.perf_counter() - t0:.0f} s "
-              f"({time.process_time() - c0:.0f} CPU s); J* = {j_star:.6e}")
-        pretrained = state.theta.detach().clone()
+        pretrained = _pretrained(prob, seed, args.pretrain, args.pretrained)
+        print(f"seed {seed}: J* = {j_star:.6e}")
         for name in args.methods.split(","):
             method, options, inner, *outer = METHODS[name]
-            records, cpu = run_method(prob, method, copy.deepcopy(options), inner, copy.deepcopy(outer[0] if outer else {}),
-                                      pretrained, args.outer_steps, args.cap_s)
+            options, inner, outer = _override(copy.deepcopy(options), dict(inner), copy.deepcopy(outer[0] if outer else {}),
+                                              overrides)
+            records, cpu = run_method(prob, method, options, inner, outer, pretrained, args.outer_steps, args.cap_s)
             per_seed.append({**summarise(name, records, cpu, j_star), "seed": seed})
             r = per_seed[-1]
             print(f"  {name:<16} seed {seed} steps {r['outer_steps']:4d}  final J/J* {r['final_J_over_Jstar']:.3f}  "

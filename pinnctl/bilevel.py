@@ -20,8 +20,9 @@ from torch import Tensor
 from . import PinnctlError, RunError
 from .config import InnerCfg, OuterCfg, PretrainCfg
 from .hypergrad.base import Estimator, StepInfo
+from .natgrad import gauss_newton_polish
 from .core import BilevelProblem
-from .outer import Outer, OuterContext, check_ihvp, ihvp_solver, make_outer
+from .outer import Factorisation, Outer, OuterContext, check_ihvp, ihvp_solver, make_outer
 
 # A loss this many times its first value is called divergence, not slow progress.
 EXPLODE_FACTOR = 1e8
@@ -147,7 +148,7 @@ def _terms(problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> dict
 
 
 def snapshot(k: int, v: Tensor, outer_opt: Outer, state: InnerState, estimator: Estimator,
-             elapsed: float, pretrain_time: float) -> dict[str, Any]:
+             elapsed: float, pretrain_time: float, factors: Factorisation | None = None) -> dict[str, Any]:
     """Everything needed to continue after ``k`` completed outer steps (deep copies: the
     optimisers update their state tensors in place)."""
     import copy
@@ -166,6 +167,7 @@ def snapshot(k: int, v: Tensor, outer_opt: Outer, state: InnerState, estimator: 
         "estimator": copy.deepcopy(estimator.state_dict()),
         "elapsed": elapsed,
         "pretrain_time": pretrain_time,
+        "factors": None if factors is None else factors.state(),  # the anchor of the shared Woodbury factorisation
         "rng": {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]},
     }
 
@@ -193,7 +195,10 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     """
     v = problem.v0.detach().clone().requires_grad_(True)
     outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
-    check_ihvp(outer.ihvp, outer.ihvp_damping)
+    check_ihvp(outer.ihvp, outer.ihvp_damping, inner.polish)
+    factors = Factorisation(outer.ihvp_damping) if outer.ihvp == "woodbury" else None
+    if factors is not None and hasattr(estimator, "share_factorisation"):  # exact solver=woodbury: one factorisation
+        estimator.share_factorisation(factors)
     if resume is None:
         start = time.perf_counter()
         state = InnerState.create(problem.theta0, pretrain)
@@ -214,6 +219,8 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
         state.optimizer.load_state_dict(resume["inner_optimizer"])
         state.step, state.first_loss = int(resume["inner_step"]), resume["inner_first_loss"]
         estimator.load_state_dict(resume["estimator"])
+        if factors is not None:
+            factors.load(resume.get("factors"))
         _restore_rng(resume["rng"])
         pretrain_time, first = float(resume["pretrain_time"]), int(resume["outer_step"])
         start = time.perf_counter() - float(resume["elapsed"])
@@ -221,7 +228,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     def keep(k: int, elapsed: float) -> dict[str, Any] | None:
         """The snapshot after k outer steps, only when there is somewhere to save it (it
         deep-copies the optimiser states and, in parallel mode, asks the worker)."""
-        return snapshot(k, v, outer_opt, state, estimator, elapsed, pretrain_time) if checkpoint is not None else None
+        return snapshot(k, v, outer_opt, state, estimator, elapsed, pretrain_time, factors) if checkpoint is not None else None
 
     last_good = keep(first, time.perf_counter() - start)
     if checkpoint is not None and resume is None:
@@ -229,7 +236,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     history: list[OuterRecord] = []
     try:
         for k in range(first, outer.steps):
-            record = _outer_step(problem, estimator, state, v, outer_opt, k, inner, outer, certify_every, start)
+            record = _outer_step(problem, estimator, state, v, outer_opt, k, inner, outer, certify_every, start, factors)
             history.append(record)
             if callback is not None:
                 callback(record)
@@ -245,15 +252,24 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
 
 def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState, v: Tensor,
                 outer_opt: Outer, k: int, inner: InnerCfg, outer: OuterCfg, certify_every: int,
-                start: float) -> OuterRecord:
+                start: float, factors: Factorisation | None = None) -> OuterRecord:
     """T inner steps feeding the estimator, the hypergradient, one outer step, the record.
 
     A guarded outer optimiser (lbfgs, gn) first judges its last trial by the PINN's outer
     loss after the inner loop; a rejected trial ends the step there (no hypergradient is
-    computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer_rejected']`` as 1)."""
+    computed: ``hypergrad_norm`` is recorded as 0 and ``info['outer_rejected']`` as 1).
+    With ``inner.polish`` the inner loop starts (after v moved) with Gauss–Newton steps on θ through
+    ``factors``, the Woodbury factorisation the last gn step used. Not at the end of the loop: the gn
+    step's IHVP must be factored at the θ its cross products are taken at (a stale factorisation
+    amplifies the part of Lᵀw outside its rows' span by 1/λ; measured: G's scale 10⁵× too large)."""
     t_inner = t_curv = 0.0
     v_fixed = v.detach().clone()
     losses: list[float] = []
+    polish_info: dict[str, float] = {}
+    if inner.polish > 0 and factors is not None and factors.theta is not None:
+        t0 = time.perf_counter()
+        polish_info = gauss_newton_polish(problem, state.theta, v_fixed, factors.inverse(problem), inner.polish)
+        t_inner += time.perf_counter() - t0
     for _ in range(inner_budget(inner, k)):
         t0 = time.perf_counter()
         info = inner_step(problem, state, v_fixed, inner.radius)
@@ -270,7 +286,8 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
             f_trial = float(problem.outer_loss(state.theta.detach(), v_fixed))
         if not outer_opt.check(f_trial, v, state):
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
-                           t_inner, t_curv, time.perf_counter() - t0, {"outer_rejected": 1.0, "inner_steps": float(len(losses))})
+                           t_inner, t_curv, time.perf_counter() - t0,
+                           {"outer_rejected": 1.0, "inner_steps": float(len(losses)), **polish_info})
     result = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     if result.theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
         with torch.no_grad():
@@ -282,13 +299,16 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     check_finite(hnorm, f"hypergradient norm at outer step {k}")
     check_finite(outer_loss, f"outer loss at outer step {k}")
     t0 = time.perf_counter()
+    if factors is not None:  # this step's factorisation (built on first use: a rejected trial never pays)
+        factors.reset(state.theta, v_fixed)
     ihvp = ihvp_solver(problem, estimator, state.theta.detach(), v_fixed, state.step, outer.ihvp_steps, outer.ihvp,
-                       outer.ihvp_damping)
+                       outer.ihvp_damping, factors)
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo = dict(result.diagnostics)
     hinfo.update(outer_opt.step(v, ctx))
     t_outer = time.perf_counter() - t0
     hinfo["inner_steps"] = float(len(losses))
+    hinfo.update(polish_info)
     return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,
                    t_hyper, hinfo, t_outer)
 

@@ -29,6 +29,45 @@ from .hypergrad.curvature import KFAC, CurvatureOptions
 LINE_SEARCH = 30  # halvings tried at most; the search stops once the loss rises again
 
 
+def line_search(problem: Any, theta: Tensor, v: Tensor, batch: Any, direction: Tensor, lr: float,
+                loss: float) -> tuple[float, float]:
+    """(η, loss at θ − η·direction) for the best η on the grid lr·2^-k that lowers the batch loss
+    below ``loss``; (0, loss) when none does (the step is then not taken)."""
+    best_eta, best = 0.0, loss
+    base = theta.detach().clone()
+    for k in range(LINE_SEARCH):
+        eta = lr * 2.0**-k
+        trial = float(problem.inner_loss(base - eta * direction, v, batch).detach())
+        if trial < best:
+            best_eta, best = eta, trial
+        elif best_eta > 0:
+            break  # past the minimum along the grid
+    return best_eta, best
+
+
+def gauss_newton_polish(problem: Any, theta: Tensor, v: Tensor, inverse: Any, steps: int, lr: float = 1.0) -> dict[str, float]:
+    """``steps`` damped Gauss–Newton (ENGD) steps on θ in place at v on the full batch, all with one given
+    factorisation ``inverse`` (a ``WoodburyInverse`` of the rows at some nearby θ): a chord method.
+
+    Why: after the outer step moves v, Adam needs many steps to bring the PINN back to its PDE; the outer
+    step has already factored the inner Gauss–Newton, so each of these steps costs a residual evaluation,
+    two matmuls and a line search. Returns the full-batch inner loss before and after, and the last η."""
+    from .hypergrad.autodiff import scaled_residuals
+
+    batch = problem.full_batch()
+    before = loss = float(problem.inner_loss(theta.detach(), v, batch).detach())
+    eta = 0.0
+    for _ in range(steps):
+        r = scaled_residuals(problem, theta.detach(), v, batch).detach()
+        direction = inverse.least_squares_step(r).to(theta.dtype)
+        eta, loss = line_search(problem, theta, v, batch, direction, lr, loss)
+        if eta == 0.0:
+            break
+        with torch.no_grad():
+            theta.sub_(eta * direction)
+    return {"polish_loss_before": before, "polish_loss_after": loss, "polish_eta": eta}
+
+
 class NaturalGradient:
     """An inner optimiser that needs the problem at each step (``natural_step``), not just ∇θ."""
 
@@ -53,15 +92,7 @@ class NaturalGradient:
 
     def natural_step(self, problem: Any, theta: Tensor, v: Tensor, batch: Any, grad: Tensor, loss: float) -> dict:
         direction, extras = self._direction(problem, theta, v, batch, grad)
-        best_eta, best = 0.0, loss
-        base = theta.detach().clone()
-        for k in range(LINE_SEARCH):
-            eta = self.lr * 2.0**-k
-            trial = float(problem.inner_loss(base - eta * direction, v, batch).detach())
-            if trial < best:
-                best_eta, best = eta, trial
-            elif best_eta > 0:
-                break  # past the minimum along the grid
+        best_eta, _ = line_search(problem, theta, v, batch, direction, self.lr, loss)
         with torch.no_grad():
             theta.sub_(best_eta * direction)
         self.last_eta = best_eta

@@ -78,12 +78,61 @@ FALLBACK_STEPS = 10
 IHVP_KINDS = ("method", "woodbury")
 
 
-def check_ihvp(kind: str, damping: float) -> None:
-    """One-line errors for ``outer.ihvp`` / ``outer.ihvp_damping`` before the run starts."""
+def check_ihvp(kind: str, damping: float, polish: int = 0) -> None:
+    """One-line errors for ``outer.ihvp`` / ``outer.ihvp_damping`` / ``inner.polish`` before the run starts."""
     if kind not in IHVP_KINDS:
         raise PinnctlError(f"unknown outer.ihvp '{kind}'; known: {', '.join(IHVP_KINDS)}")
     if kind == "woodbury" and not damping > 0:
         raise PinnctlError(f"outer.ihvp_damping must be > 0 for outer.ihvp=woodbury; got {damping}")
+    if polish < 0:
+        raise PinnctlError(f"inner.polish must be ≥ 0 (0 disables); got {polish}")
+    if polish > 0 and kind != "woodbury":
+        raise PinnctlError("inner.polish reuses the outer step's Woodbury factorisation: set outer.ihvp=woodbury "
+                           "(and outer.optimizer=gn), or inner.polish=0")
+
+
+class Factorisation:
+    """The Woodbury factorisation of the full-batch inner Gauss–Newton at an anchor (θ, v), built on
+    first use and kept until ``reset``: the gn step's IHVPs and the inner loop's Gauss–Newton polish
+    (``inner.polish``) share it, so one outer step factors G once. The anchor is plain tensors
+    (``state``/``load``): a resumed run rebuilds the same factorisation bit for bit."""
+
+    def __init__(self, damping: float) -> None:
+        self.damping = float(damping)
+        self.theta: Tensor | None = None
+        self.v: Tensor | None = None
+        self._inverse: Any = None
+
+    def reset(self, theta: Tensor, v: Tensor) -> None:
+        """Anchor at (θ, v); a no-op when it is anchored there already (the factorisation is kept)."""
+        if self.theta is not None and torch.equal(self.theta, theta.detach()) and torch.equal(self.v, v.detach()):
+            return
+        self.theta, self.v, self._inverse = theta.detach().clone(), v.detach().clone(), None
+
+    def inverse(self, problem: BilevelProblem) -> Any:
+        if self.theta is None:
+            raise RuntimeError("Factorisation.inverse before reset")
+        if self._inverse is None:
+            if problem.residuals is None:
+                raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' "
+                                   "has none (use outer.ihvp=method)")
+            from .hypergrad.autodiff import jacobian_rows
+            from .hypergrad.linalg import WoodburyInverse
+
+            self._inverse = WoodburyInverse(jacobian_rows(problem, self.theta, self.v, problem.full_batch()), self.damping)
+        return self._inverse
+
+    def solver(self, problem: BilevelProblem) -> Callable[[Tensor], Tensor]:
+        return lambda b: self.inverse(problem).solve(b)
+
+    def state(self) -> dict[str, Tensor] | None:
+        return None if self.theta is None else {"theta": self.theta.clone(), "v": self.v.clone()}
+
+    def load(self, state: dict[str, Tensor] | None) -> None:
+        if state is None:
+            self.theta = self.v = self._inverse = None
+        else:
+            self.reset(state["theta"], state["v"])
 
 
 def woodbury_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, damping: float) -> Callable[[Tensor], Tensor]:
@@ -92,26 +141,19 @@ def woodbury_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, damping: fl
     if problem.residuals is None:
         raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' has none "
                            "(use outer.ihvp=method)")
-    from .hypergrad.autodiff import jacobian_rows
-    from .hypergrad.linalg import WoodburyInverse
-
-    cache: list[WoodburyInverse] = []
-
-    def solve(b: Tensor) -> Tensor:
-        if not cache:
-            cache.append(WoodburyInverse(jacobian_rows(problem, theta, v, problem.full_batch()), damping))
-        return cache[0].solve(b)
-
-    return solve
+    factors = Factorisation(damping)
+    factors.reset(theta, v)
+    return factors.solver(problem)
 
 
 def ihvp_solver(problem: BilevelProblem, estimator: Any, theta: Tensor, v: Tensor, step: int,
-                steps: int = -1, kind: str = "method", damping: float = FALLBACK_DAMPING) -> Callable[[Tensor], Tensor]:
-    """b ↦ H⁻¹b at (θ, v): ``woodbury`` (see woodbury_ihvp), or the estimator's own solver (nhgd:
-    curvature-preconditioned CG on the Gauss–Newton; exact), else plain CG on the full-batch
-    Gauss–Newton (or Hessian) + λI."""
+                steps: int = -1, kind: str = "method", damping: float = FALLBACK_DAMPING,
+                factors: Factorisation | None = None) -> Callable[[Tensor], Tensor]:
+    """b ↦ H⁻¹b at (θ, v): ``woodbury`` (see woodbury_ihvp; with ``factors``, that factorisation as it
+    is anchored), or the estimator's own solver (nhgd: curvature-preconditioned CG on the Gauss–Newton;
+    exact), else plain CG on the full-batch Gauss–Newton (or Hessian) + λI."""
     if kind == "woodbury":
-        return woodbury_ihvp(problem, theta, v, damping)
+        return factors.solver(problem) if factors is not None else woodbury_ihvp(problem, theta, v, damping)
     n = None if steps < 0 else steps
     if hasattr(estimator, "ihvp"):
         return lambda b: estimator.ihvp(problem, theta, v, b, step, n)

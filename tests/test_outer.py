@@ -217,7 +217,7 @@ def test_gn_preset_sets_the_woodbury_gauss_newton_step_and_bad_ihvp_is_a_config_
     from pinnctl.config import parse_sets, resolve, validate
 
     cfg = resolve("gn")
-    assert (cfg.outer.optimizer, cfg.outer.ihvp, cfg.inner.steps) == ("gn", "woodbury", 60)
+    assert (cfg.outer.optimizer, cfg.outer.ihvp, cfg.inner.steps, cfg.inner.settle, cfg.inner.polish) == ("gn", "woodbury", 120, 0.02, 2)
     assert cfg.outer.options == {"radius": 0.3, "max_radius": 0.6, "cg_steps": 5}
     assert cfg.method.options == {"every": 5, "warm_start": True}
     with pytest.raises(PinnctlError, match="outer.ihvp' must be one of method, woodbury"):

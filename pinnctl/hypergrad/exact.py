@@ -17,7 +17,7 @@ from .autodiff import MATRICES, cross_vjp, curvature_operator, jacobian_rows, ou
 from .base import StepInfo, register
 from .linalg import cg
 
-SOLVERS = ("auto", "cg", "dense")
+SOLVERS = ("auto", "cg", "dense", "woodbury")
 
 
 def exact_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, *, matrix: str = "hessian",
@@ -26,6 +26,12 @@ def exact_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, *, 
     """(M + λI)⁻¹ b with M the full-batch Hessian or Gauss–Newton matrix of the inner loss."""
     batch = problem.full_batch()
     p = theta.numel()
+    if solver == "woodbury":  # (G + λI)⁻¹ by the Gram of the rows: exact for the damped Gauss–Newton
+        if matrix != "gn" or not damping > 0:
+            raise PinnctlError("exact solver 'woodbury' needs matrix=gn and damping > 0")
+        from .linalg import WoodburyInverse
+
+        return WoodburyInverse(jacobian_rows(problem, theta, v, batch), damping).solve(b), {"dense": 0.0}
     if solver == "dense" or (solver == "auto" and p <= dense_max):
         if matrix == "hessian":
             M = torch.func.hessian(lambda t: problem.inner_loss(t, v.detach(), batch))(theta.detach()).double()
@@ -63,6 +69,22 @@ class Exact:
 
     def __init__(self, opts: "Exact.Options") -> None:
         self.opts = opts
+        self.factors: Any = None  # with solver=woodbury: the loop's Factorisation (outer.ihvp=woodbury), shared
+
+    def share_factorisation(self, factors: Any) -> None:
+        """Called by the loop when it keeps a Woodbury factorisation: with solver=woodbury (and the same
+        damping) the hypergradient's IHVP is then the gn step's, factored once per outer step."""
+        o = self.opts
+        if o.solver == "woodbury" and o.matrix == "gn" and factors is not None and factors.damping == o.damping:
+            self.factors = factors
+
+    def _ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor) -> tuple[Tensor, dict[str, float]]:
+        o = self.opts
+        if self.factors is not None:
+            self.factors.reset(theta, v)
+            return self.factors.inverse(problem).solve(b), {"dense": 0.0, "shared_factorisation": 1.0}
+        return exact_ihvp(problem, theta, v, b, matrix=o.matrix, solver=o.solver, damping=o.damping, tol=o.tol,
+                          maxiter=o.maxiter, dense_max=o.dense_max)
 
     def collect(self, problem: BilevelProblem, step: StepInfo) -> dict[str, Tensor]:
         return {}
@@ -72,9 +94,7 @@ class Exact:
 
     def hypergradient(self, problem: BilevelProblem, theta: Tensor, v: Tensor, step: int) -> HyperResult:
         gv, gt, f = outer_grads(problem, theta, v)
-        o = self.opts
-        w, info = exact_ihvp(problem, theta, v, gt, matrix=o.matrix, solver=o.solver, damping=o.damping,
-                             tol=o.tol, maxiter=o.maxiter, dense_max=o.dense_max)
+        w, info = self._ihvp(problem, theta, v, gt)
         lw = cross_vjp(problem, theta, v, problem.full_batch(), w.to(theta.dtype))
         info["ihvp_norm"] = float(w.norm())
         return HyperResult((gv - lw).detach(), f, diagnostics=info)
@@ -82,9 +102,7 @@ class Exact:
     def ihvp(self, problem: BilevelProblem, theta: Tensor, v: Tensor, b: Tensor, step: int,
              steps: int | None = None) -> Tensor:
         """The exact H⁻¹b (``steps`` is ignored: exact means converged)."""
-        o = self.opts
-        return exact_ihvp(problem, theta, v, b, matrix=o.matrix, solver=o.solver, damping=o.damping, tol=o.tol,
-                          maxiter=o.maxiter, dense_max=o.dense_max)[0]
+        return self._ihvp(problem, theta, v, b)[0]
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -135,6 +135,12 @@ class WoodburyInverse:
         y = y[:, 0] if rhs.dim() == 1 else y
         return (b - self.J.T @ y) / self.damping
 
+    def least_squares_step(self, r: Tensor) -> Tensor:
+        """Jᵀ(JJᵀ + λI)⁻¹ r = (JᵀJ + λI)⁻¹ Jᵀr: the damped Gauss–Newton step for residuals r of
+        these rows (the ENGD direction), without Woodbury's cancellation at small λ; float64."""
+        y = torch.cholesky_solve(r.double()[:, None], self.chol)[:, 0]
+        return self.J.T @ y
+
 
 @dataclass(frozen=True)
 class KronEig:
