@@ -30,7 +30,7 @@ from typing import Any
 from _common import RESULTS, write_result
 
 from pinnctl import config as configmod
-from pinnctl.bilevel import DivergenceError, run
+from pinnctl.bilevel import DivergenceError
 from pinnctl.discovery import discover
 from pinnctl.solve_setup import build
 
@@ -74,30 +74,44 @@ def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[config
     return cfg, obj
 
 
+RUN_DIRS = RESULTS / "classification_runs"
+
+
 def run_one(task: str, row: str, seed: int, outer_steps: int) -> dict:
+    """One row through the library's solve path: a pinnctl run folder (run.h5, summary.json) under
+    bench/results/classification_runs/<task>-<row>-s<seed>, so ``pinnctl plot`` / ``pinnctl compare``
+    draw its figures; the bench keeps the numbers it reports in the JSONL."""
+    from pinnctl import api, runs
+
     cfg, obj = row_config(task, row, seed, outer_steps)
+    cfg.checkpoint_every = 0  # the final checkpoint only: the estimator state (EFIM rows) is tens of MB
     setup = build(cfg, obj)
+    out = RUN_DIRS / f"{task}-{row}-s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
     load0, cpu0, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
-    try:
-        res = run(setup.problem, setup.estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=0)
-        history, status = res.history, "done"
-    except DivergenceError as e:
-        history, status = [], f"diverged: {e}"
+    status = "done"
+    with runs.hold(out, fresh=True, overwrite=True):
+        try:
+            api.finalise(cfg, out, api.execute(cfg, obj, out, quiet=True, setup=setup), quiet=True)
+        except DivergenceError as e:
+            status = f"diverged: {e}"
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    history = runs.history_records(runs.read(out / runs.RUN_FILE)) if status == "done" else []
     tail, before = history[-TAIL:], history[-2 * TAIL:-TAIL]
 
     def mean(rs, key):
-        vals = [r.outer_loss if key == "outer_loss" else r.metrics[key] for r in rs]
+        vals = [r["outer_loss"] if key == "outer_loss" else r["metrics"][key] for r in rs]
         return statistics.fmean(vals) if vals else None
 
     return {
-        "task": task, "row": row, "seed": seed, "method": cfg.method.name, "status": status,
+        "task": task, "row": row, "seed": seed, "method": cfg.method.name, "status": status, "run_dir": str(out),
         "outer_steps": len(history), "inner_steps": cfg.inner.steps, "inner_lr": cfg.inner.lr, "outer_lr": cfg.outer.lr,
         "outer_optimizer": cfg.outer.optimizer, "options": cfg.method.options,
         "outer_loss": mean(tail, "outer_loss"), "test_accuracy": mean(tail, "test_accuracy"),
         "drift_test_accuracy": (mean(tail, "test_accuracy") - mean(before, "test_accuracy")) if before else None,
         "wall_s": wall, "cpu_s": cpu, "load_start": load0, "load_end": os.getloadavg()[0],
-        "trace": [(r.wall_time, r.metrics["test_accuracy"], r.outer_loss) for r in history],
+        "metrics_every": cfg.metrics_every,
+        "trace": [(r["wall_time"], r["metrics"]["test_accuracy"], r["outer_loss"]) for r in history if r["metrics"]],
     }
 
 

@@ -85,6 +85,12 @@ class LinearSoftmax:
         with torch.no_grad():
             return float((self.logits(theta, x).argmax(1) == y).double().mean())
 
+    def test_metrics(self, theta: Tensor, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Accuracy and mean NLL from one pass over the logits."""
+        with torch.no_grad():
+            z = self.logits(theta, x)
+            return {"test_accuracy": float((z.argmax(1) == y).double().mean()), "test_loss": float(F.cross_entropy(z, y))}
+
 
 def _minibatch(n: int, size: int | None, step: int, seed: int, device: torch.device) -> Tensor | None:
     """Indices of the minibatch for a global sample id (None: the full set); drawn on the CPU
@@ -121,9 +127,7 @@ def cleaning_problem(x_tr: Tensor, y_tr: Tensor, x_val: Tensor, y_val: Tensor, *
     def metrics(theta: Tensor, v: Tensor) -> dict[str, float]:
         out = {"val_accuracy": model.accuracy(theta, x_val, y_val)}
         if x_test is not None:
-            out["test_accuracy"] = model.accuracy(theta, x_test, y_test)
-            with torch.no_grad():
-                out["test_loss"] = float(F.cross_entropy(model.logits(theta, x_test), y_test))
+            out.update(model.test_metrics(theta, x_test, y_test))
         return out
 
     return BilevelProblem(
@@ -164,9 +168,7 @@ def distillation_problem(x_real: Tensor, y_real: Tensor, x_test: Tensor, y_test:
         return v.view(n_syn, -1)[idx]
 
     def metrics(theta: Tensor, v: Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            return {"test_accuracy": model.accuracy(theta, x_test, y_test),
-                    "test_loss": float(F.cross_entropy(model.logits(theta, x_test), y_test))}
+        return model.test_metrics(theta, x_test, y_test)
 
     full = {"y": y_syn, "idx": all_idx}
 

@@ -63,7 +63,8 @@ def make(dataset: str = "mnist", n_train: int = 50000, n_val: int = 5000, corrup
                 "exact_noise": exact_noise},
         # the paper's setup: 10 SGD inner steps (η = 0.01), outer SGD (α = 0.5), no pretraining
         defaults={"pretrain.steps": 0, "inner.steps": 10, "inner.lr": 0.01, "inner.optimizer": "sgd",
-                  "outer.optimizer": "sgd", "outer.lr": 0.5, "outer.clip": 0.0, "certify_every": 0},
+                  "outer.optimizer": "sgd", "outer.lr": 0.5, "outer.clip": 0.0, "certify_every": 0,
+                  "metrics_every": 10},
         # paper: BOME's data (mean 0 / std 1 inputs, exactly ⌊p·n⌋ labels replaced); 500 outer steps: settled
         # to 0.001 in test accuracy (docs/classification.md)
         preset_defaults={"quick": {"outer.steps": 300}, "smoke": {"outer.steps": 2},
