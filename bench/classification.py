@@ -4,7 +4,9 @@ distillation (Fashion-MNIST, n = 5 and n = 100 per class), each row with the pap
 A row is a paper row of the problem file (``--preset paper``: η, α and the method's options of the
 paper's table) or an extra row: ``nsbo`` (NHGD's η/α), ``nhgd-ours`` (our default NHGD, the
 problem's ``quick`` setup) and ``nhgd-identity`` (the paper's NHGD row with β = 1: A = I/λ₀, what
-the paper's β = 0 means if its β weighs the new gradient), all at the same budget. Per run: outer loss and test accuracy averaged
+the paper's β = 0 means if its β weighs the new gradient), ``nhgd-rank1`` (β = 0 as the rank-one
+F = g gᵀ under the constant damping λ₀: A = (g gᵀ + λ₀I)⁻¹) and ``exact`` (the full-batch Hessian
+solved by CG at NHGD's η and α: what any curvature estimate approximates), all at the same budget. Per run: outer loss and test accuracy averaged
 over the last 50 outer steps (the paper's "last 50 epochs", one epoch = one outer step), with the
 drift against the 50 steps before (how settled), wall-clock, process CPU time and the load average.
 
@@ -39,7 +41,7 @@ TASKS = {
     "distill5": ("distillation", {"per_class": 5}),
     "distill100": ("distillation", {"per_class": 100}),
 }
-EXTRA_ROWS = ("nsbo", "nhgd-ours", "nhgd-identity")
+EXTRA_ROWS = ("nsbo", "nhgd-ours", "nhgd-identity", "nhgd-rank1", "exact")
 RUNS_FILE = RESULTS / "classification_runs.jsonl"
 TAIL = 50
 
@@ -60,6 +62,15 @@ def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[config
     elif row == "nhgd-identity":  # A = I/λ₀ throughout: the paper's β = 0 read as the weight of the new gradient
         defaults = {**obj.config_defaults("paper", "nhgd"), "method.options.beta": 1.0}
         cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
+    elif row == "nhgd-rank1":  # β = 0 as the EMA's rank-one F = g gᵀ with the constant damping λ₀: A = (g gᵀ + λ₀I)⁻¹
+        nhgd = obj.config_defaults("paper", "nhgd")
+        defaults = {**nhgd, "method.options.beta": 0.0, "method.options.efim_floor": nhgd.get("method.options.efim_lambda0", 1.0)}
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
+    elif row == "exact":  # the exact hypergradient (full-batch Hessian, CG to 1e-10) at NHGD's η and α
+        nhgd = obj.config_defaults("paper", "nhgd")
+        defaults = {**obj.config_defaults("paper", "exact"), "inner.lr": nhgd["inner.lr"], "outer.lr": nhgd["outer.lr"],
+                    "method.options.solver": "cg"}
+        cfg = configmod.resolve("paper", sets=sets, problem_defaults=defaults, **top, **{"method.name": "exact"})
     elif row == "nsbo":
         nhgd = obj.config_defaults("paper", "nhgd")
         defaults = {**obj.config_defaults("paper", "nsbo"), "inner.lr": nhgd["inner.lr"], "outer.lr": nhgd["outer.lr"],
