@@ -44,6 +44,7 @@ TASKS = {
 EXTRA_ROWS = ("nsbo", "nhgd-ours", "nhgd-identity", "nhgd-rank1", "exact")
 RUNS_FILE = RESULTS / "classification_runs.jsonl"
 TAIL = 50
+DEFAULT_STEPS = 500
 
 
 def _problem(task: str):
@@ -51,11 +52,19 @@ def _problem(task: str):
     return name, params, discover().get(name).build(**params)
 
 
+PRETRAIN_STEPS = 5000  # ``<row>+pretrain``: θ first trained this many Adam steps on the uniformly weighted inner loss
+
+
 def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[configmod.Config, Any]:
-    """The run's config: the paper row (preset paper), or an extra row."""
+    """The run's config: the paper row (preset paper), or an extra row; ``<row>+pretrain`` is that row
+    from a pretrained θ (BOME, whose code the paper adapts, starts its bilevel runs from a classifier
+    trained 5 000 full-batch epochs on the noisy training + validation set)."""
     name, params, obj = _problem(task)
     top = {"problem": name, "seed": seed}
     sets = {"outer.steps": outer_steps, **{f"params.{k}": v for k, v in params.items()}}
+    if row.endswith("+pretrain"):
+        row = row[: -len("+pretrain")]
+        sets["pretrain.steps"] = PRETRAIN_STEPS
     if row == "nhgd-ours":
         defaults = obj.config_defaults("quick", "nhgd")
         cfg = configmod.resolve("quick", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
@@ -97,7 +106,7 @@ def run_one(task: str, row: str, seed: int, outer_steps: int) -> dict:
     cfg, obj = row_config(task, row, seed, outer_steps)
     cfg.checkpoint_every = 0  # the final checkpoint only: the estimator state (EFIM rows) is tens of MB
     setup = build(cfg, obj)
-    out = RUN_DIRS / f"{task}-{row}-s{seed}"
+    out = RUN_DIRS / (f"{task}-{row}-s{seed}" + (f"-k{outer_steps}" if outer_steps != DEFAULT_STEPS else ""))
     out.mkdir(parents=True, exist_ok=True)
     load0, cpu0, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
     status = "done"
@@ -158,13 +167,15 @@ def summarise(rows: list[dict]) -> list[dict]:
     for task in TASKS:
         obj = _problem(task)[2]
         order = list(obj.paper_rows) + list(EXTRA_ROWS)
-        for row in order:
-            rs = [r for r in rows if r["task"] == task and r["row"] == row]
-            if not rs:
-                continue
+        have = list(dict.fromkeys((r["row"], r["outer_steps_asked"]) for r in rows if r["task"] == task))
+        rank = {row: i for i, row in enumerate(order)}
+        have.sort(key=lambda rk: (rank.get(rk[0].removesuffix("+pretrain"), len(order)), rk[0].endswith("+pretrain"), rk[1]))
+        for row, steps in have:
+            rs = [r for r in rows if r["task"] == task and r["row"] == row and r["outer_steps_asked"] == steps]
             ok = [r for r in rs if r["test_accuracy"] is not None]
-            paper = obj.paper_results.get(row)
-            t = {"task": task, "row": row, "method": rs[0]["method"], "seeds": [r["seed"] for r in ok],
+            paper = obj.paper_results.get(row.removesuffix("+pretrain"))
+            label = row if steps == DEFAULT_STEPS else f"{row} ({steps} steps)"
+            t = {"task": task, "row": label, "method": rs[0]["method"], "seeds": [r["seed"] for r in ok],
                  "outer_steps": rs[0]["outer_steps_asked"], "paper": paper, "diverged": len(rs) - len(ok),
                  "wall_s": sum(r["wall_s"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
                  "load": statistics.fmean((r["load_start"] + r["load_end"]) / 2 for r in rs)}
@@ -269,7 +280,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--runs", default=",".join(f"{t}:nhgd:0" for t in TASKS))
-    r.add_argument("--outer-steps", type=int, default=500)
+    r.add_argument("--outer-steps", type=int, default=DEFAULT_STEPS)
     sub.add_parser("report")
     b = sub.add_parser("bounds")
     b.add_argument("--steps", type=int, default=5000)
