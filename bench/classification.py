@@ -13,6 +13,7 @@ drift against the 50 steps before (how settled), wall-clock, process CPU time an
     python bench/classification.py run [--runs cleaning:nhgd:0,distill5:nhgd:0,...] [--outer-steps 500]
     python bench/classification.py report     # tables (paper, ours, difference) + figures
     python bench/classification.py bounds     # uncleaned / perfectly cleaned classifiers (cleaning)
+    python bench/classification.py weights    # the cleaning runs' weights against the true clean mask
 
 Runs append to bench/results/classification_runs.jsonl (a finished run is skipped when asked again);
 ``report`` writes bench/results/classification.json and the figures bench/results/classification_<task>.png
@@ -52,19 +53,26 @@ def _problem(task: str):
     return name, params, discover().get(name).build(**params)
 
 
-PRETRAIN_STEPS = 5000  # ``<row>+pretrain``: θ first trained this many Adam steps on the uniformly weighted inner loss
+# variants ``<row>+<name>`` of any row (combinable): ``+pretrain`` trains θ first (Adam, 5 000 steps, on the
+# uniformly weighted inner loss); ``+project`` puts cleaning's v back onto [0, 1] after each outer step.
+# Both are what BOME's code (which the paper adapts) does and our paper preset does not
+VARIANTS = {"pretrain": {"pretrain.steps": 5000}, "project": {"params.weights": "project"}}
+
+
+def base_row(row: str) -> str:
+    return row.split("+")[0]
 
 
 def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[configmod.Config, Any]:
-    """The run's config: the paper row (preset paper), or an extra row; ``<row>+pretrain`` is that row
-    from a pretrained θ (BOME, whose code the paper adapts, starts its bilevel runs from a classifier
-    trained 5 000 full-batch epochs on the noisy training + validation set)."""
+    """The run's config: the paper row (preset paper), or an extra row; ``<row>+<variant>`` (VARIANTS) is that
+    row changed as BOME's code does it: BOME starts its bilevel runs from a classifier trained 5 000
+    full-batch epochs on the noisy training + validation set, and clamps w to [0, 1] after each step."""
     name, params, obj = _problem(task)
     top = {"problem": name, "seed": seed}
     sets = {"outer.steps": outer_steps, **{f"params.{k}": v for k, v in params.items()}}
-    if row.endswith("+pretrain"):
-        row = row[: -len("+pretrain")]
-        sets["pretrain.steps"] = PRETRAIN_STEPS
+    row, *variants = row.split("+")
+    for variant in variants:
+        sets.update(VARIANTS[variant])
     if row == "nhgd-ours":
         defaults = obj.config_defaults("quick", "nhgd")
         cfg = configmod.resolve("quick", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
@@ -169,11 +177,11 @@ def summarise(rows: list[dict]) -> list[dict]:
         order = list(obj.paper_rows) + list(EXTRA_ROWS)
         have = list(dict.fromkeys((r["row"], r["outer_steps_asked"]) for r in rows if r["task"] == task))
         rank = {row: i for i, row in enumerate(order)}
-        have.sort(key=lambda rk: (rank.get(rk[0].removesuffix("+pretrain"), len(order)), rk[0].endswith("+pretrain"), rk[1]))
+        have.sort(key=lambda rk: (rank.get(base_row(rk[0]), len(order)), rk[0], rk[1]))
         for row, steps in have:
             rs = [r for r in rows if r["task"] == task and r["row"] == row and r["outer_steps_asked"] == steps]
             ok = [r for r in rs if r["test_accuracy"] is not None]
-            paper = obj.paper_results.get(row.removesuffix("+pretrain"))
+            paper = obj.paper_results.get(base_row(row))
             label = row if steps == DEFAULT_STEPS else f"{row} ({steps} steps)"
             t = {"task": task, "row": label, "method": rs[0]["method"], "seeds": [r["seed"] for r in ok],
                  "outer_steps": rs[0]["outer_steps_asked"], "paper": paper, "diverged": len(rs) - len(ok),
@@ -275,6 +283,39 @@ def cmd_bounds(args: argparse.Namespace) -> None:
     write_result("classification_bounds", out)
 
 
+def cmd_weights(args: argparse.Namespace) -> None:
+    """The cleaning runs' learned weights against the true clean mask: how far v moved from 0.5, BOME's
+    F1 of clip(v) > 0.5 against the unreplaced samples, and how many v left [0, 1], where the clip
+    σ(v) = clip(v, 0, 1) has zero gradient, so those weights never move again (BOME instead projects w
+    back onto [0, 1] after each outer step)."""
+    import numpy as np
+
+    from pinnctl import runs
+
+    masks: dict[int, Any] = {}
+    out = {}
+    for r in done_runs():
+        if r["task"] != "cleaning" or r["status"] != "done" or "run_dir" not in r:
+            continue
+        cfg, obj = row_config("cleaning", r["row"], r["seed"], r["outer_steps_asked"])
+        if r["seed"] not in masks:
+            masks[r["seed"]] = obj.compile(seed=r["seed"]).clean_mask.numpy()
+        clean = masks[r["seed"]]
+        v = runs.read(Path(r["run_dir"]))["arrays"]["control/v"]
+        keep = np.clip(v, 0, 1) > 0.5
+        tp = float((keep & clean).sum())
+        prec, rec = tp / max(keep.sum(), 1), tp / clean.sum()
+        stuck_lo, stuck_hi = v < 0, v > 1
+        row = {"mean_abs_move": float(np.abs(v - 0.5).mean()), "f1": 2 * prec * rec / max(prec + rec, 1e-12),
+               "precision": prec, "recall": rec, "below0": float(stuck_lo.mean()), "above1": float(stuck_hi.mean()),
+               "clean_below0": float((stuck_lo & clean).sum() / clean.sum()),
+               "noisy_above1": float((stuck_hi & ~clean).sum() / (~clean).sum())}
+        key = f"{r['row']}@{r['outer_steps_asked']}:s{r['seed']}"
+        out[key] = row
+        print(f"{key:<28} " + " ".join(f"{k} {x:.4f}" for k, x in row.items()), flush=True)
+    write_result("classification_weights", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -282,11 +323,12 @@ def main() -> None:
     r.add_argument("--runs", default=",".join(f"{t}:nhgd:0" for t in TASKS))
     r.add_argument("--outer-steps", type=int, default=DEFAULT_STEPS)
     sub.add_parser("report")
+    sub.add_parser("weights")
     b = sub.add_parser("bounds")
     b.add_argument("--steps", type=int, default=5000)
     b.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    {"run": cmd_run, "report": cmd_report, "bounds": cmd_bounds}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "bounds": cmd_bounds, "weights": cmd_weights}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,9 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo = dict(result.diagnostics)
     hinfo.update(outer_opt.step(v, ctx))
+    if problem.project_v is not None:
+        with torch.no_grad():
+            problem.project_v(v)
     t_outer = time.perf_counter() - t0
     hinfo["inner_steps"] = float(len(losses))
     return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,

@@ -332,3 +332,28 @@ def test_metrics_every_and_tail():
     assert [r.step for r in sparse if r.metrics] == [0, 3, 7, 8, 9]
     assert [r.outer_loss for r in sparse] == [r.outer_loss for r in dense]
     assert [r.metrics for r in sparse if r.metrics] == [dense[k].metrics for k in (0, 3, 7, 8, 9)]
+
+
+def test_cleaning_weights_project_clamps_v_after_the_outer_step():
+    """``project``: after one outer step v is the clamp to [0, 1] of the free step (same hypergradient)."""
+    from pinnctl.bilevel import run
+    from pinnctl.classification import cleaning_problem
+    from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
+
+    base = logistic_cleaning(n_train=60, n_val=30, lam=1e-2)
+    b = base.full_batch()
+    val_x, val_y = torch.randn(30, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2)), b["y"][:30]
+
+    def one_step(project: bool) -> torch.Tensor:
+        prob = cleaning_problem(b["x"], b["y"], val_x, val_y, lam=1e-2, batch_size=None, project=project, classes=3)
+        est = make_method("nhgd", {"curvature": "efim", "beta": 0.8, "efim_floor": 0.02, "M": 1})
+        return run(prob, est, pretrain=PretrainCfg(steps=0), inner=InnerCfg(steps=3, lr=0.5, optimizer="sgd"),
+                   outer=OuterCfg(steps=1, lr=50.0, optimizer="sgd", clip=0.0), certify_every=0).v
+
+    free, projected = one_step(False), one_step(True)
+    assert ((free < 0) | (free > 1)).sum() >= 5  # the step leaves [0, 1] somewhere
+    torch.testing.assert_close(projected, free.clamp(0.0, 1.0), rtol=0, atol=0)
+    from pinnctl.discovery import discover
+
+    with pytest.raises(PinnctlError, match="unknown weights"):
+        discover().get("data_cleaning").build(weights="clamp")
