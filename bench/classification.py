@@ -55,7 +55,8 @@ def _problem(task: str):
 
 # variants ``<row>+<name>`` of any row (combinable): ``+pretrain`` trains θ first (Adam, 5 000 steps, on the
 # uniformly weighted inner loss); ``+project`` puts cleaning's v back onto [0, 1] after each outer step.
-# Both are what BOME's code (which the paper adapts) does and our paper preset does not
+# Both are what BOME's code (which the paper adapts) does and our paper preset does not.
+# ``+key=value`` sets one config key (JSON value), e.g. ``exact+outer.lr=1.0``
 VARIANTS = {"pretrain": {"pretrain.steps": 5000}, "project": {"params.weights": "project"}}
 
 
@@ -72,7 +73,11 @@ def row_config(task: str, row: str, seed: int, outer_steps: int) -> tuple[config
     sets = {"outer.steps": outer_steps, **{f"params.{k}": v for k, v in params.items()}}
     row, *variants = row.split("+")
     for variant in variants:
-        sets.update(VARIANTS[variant])
+        if "=" in variant:  # a config key, e.g. +outer.lr=1.0 (a cause measurement, not a paper row)
+            key, value = variant.split("=", 1)
+            sets[key] = json.loads(value)
+        else:
+            sets.update(VARIANTS[variant])
     if row == "nhgd-ours":
         defaults = obj.config_defaults("quick", "nhgd")
         cfg = configmod.resolve("quick", sets=sets, problem_defaults=defaults, **top, **{"method.name": "nhgd"})
@@ -186,7 +191,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             t = {"task": task, "row": label, "method": rs[0]["method"], "seeds": [r["seed"] for r in ok],
                  "outer_steps": rs[0]["outer_steps_asked"], "paper": paper, "diverged": len(rs) - len(ok),
                  "wall_s": sum(r["wall_s"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
-                 "load": statistics.fmean((r["load_start"] + r["load_end"]) / 2 for r in rs)}
+                 "load": statistics.fmean((r["load_start"] + r["load_end"]) / 2 for r in rs),
+                 "budget": f"{steps} × {rs[0]['inner_steps']}"}
             if ok:
                 t["outer_loss"], t["test_accuracy"] = _ms([r["outer_loss"] for r in ok]), _ms([r["test_accuracy"] for r in ok])
                 t["drift"] = max(abs(r["drift_test_accuracy"] or 0) for r in ok)
@@ -199,45 +205,34 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(table: list[dict]) -> str:
     lines = []
     for task in dict.fromkeys(t["task"] for t in table):
-        lines += [f"\n**{task}**\n", "| row | paper loss / acc | ours loss | ours acc | Δ loss | Δ acc | seeds | settled (Δacc last 50 vs before) | CPU s | wall s (load) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"\n**{task}**\n", "| row | paper loss / acc | ours loss | ours acc | Δ loss | Δ acc | seeds | budget (outer × inner) | settled (Δacc last 50 vs before) | CPU s (all seeds) | wall s (load) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for t in (t for t in table if t["task"] == task):
             paper = f"{t['paper'][0]:.4f} / {t['paper'][1]:.4f}" if t["paper"] else "—"
             if "test_accuracy" not in t:
-                lines.append(f"| {t['row']} | {paper} | diverged | | | | {t['diverged']} | | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
+                lines.append(f"| {t['row']} | {paper} | diverged | | | | {t['diverged']} | {t['budget']} | | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
                 continue
             (lo, ls), (ac, as_) = t["outer_loss"], t["test_accuracy"]
             dl = f"{t['diff_loss']:+.4f}" if "diff_loss" in t else "—"
             da = f"{t['diff_acc']:+.4f}" if "diff_acc" in t else "—"
             lines.append(f"| {t['row']} | {paper} | {lo:.4f} ± {ls:.4f} | {ac:.4f} ± {as_:.4f} | {dl} | {da} | "
-                         f"{','.join(map(str, t['seeds']))} | {t['drift']:.4f} | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
+                         f"{','.join(map(str, t['seeds']))} | {t['budget']} | {t['drift']:.4f} | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
     return "\n".join(lines)
 
 
 def figures(rows: list[dict]) -> list[Path]:
-    """Test accuracy and outer loss against wall-clock per task, seed 0 of each row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Per task, ``pinnctl compare`` over seed 0 of every row at the default budget: outer loss and test
+    accuracy against wall-clock (the paper's Figures 2, 3, 5–7), with its table beside it as JSON."""
+    from pinnctl import api
 
     paths = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        for r in rows:
-            if r["task"] != task or r["seed"] != min(x["seed"] for x in rows if x["task"] == task and x["row"] == r["row"]) or not r["trace"]:
-                continue
-            t, acc, loss = zip(*r["trace"])
-            a1.plot(t, acc, label=r["row"])
-            a2.plot(t, loss, label=r["row"])
-        a1.set(xlabel="wall-clock [s] (shared CPU)", ylabel="test accuracy", title=task)
-        a2.set(xlabel="wall-clock [s] (shared CPU)", ylabel="outer loss", yscale="log", title=task)
-        a1.legend(fontsize=7)
-        fig.tight_layout()
-        path = RESULTS / f"classification_{task}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+    for task in TASKS:
+        dirs = [RUN_DIRS / Path(r["run_dir"]).name for r in rows if r["task"] == task and r["seed"] == 0
+                and r["status"] == "done" and r.get("run_dir") and r["outer_steps_asked"] == DEFAULT_STEPS]
+        if dirs:
+            result = api.compare(dirs, out=RESULTS / f"classification_{task}.png")
+            print(result.table)
+            paths.append(result.figure)
     return paths
 
 
@@ -301,7 +296,7 @@ def cmd_weights(args: argparse.Namespace) -> None:
         if r["seed"] not in masks:
             masks[r["seed"]] = obj.compile(seed=r["seed"]).clean_mask.numpy()
         clean = masks[r["seed"]]
-        v = runs.read(Path(r["run_dir"]))["arrays"]["control/v"]
+        v = runs.read(RUN_DIRS / Path(r["run_dir"]).name)["arrays"]["control/v"]
         keep = np.clip(v, 0, 1) > 0.5
         tp = float((keep & clean).sum())
         prec, rec = tp / max(keep.sum(), 1), tp / clean.sum()
