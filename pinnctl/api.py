@@ -196,7 +196,8 @@ def solve_bilevel(cfg: configmod.Config, setup: Any, quiet: bool, out: Path,
         result = run(
             problem, estimator, pretrain=cfg.pretrain, inner=cfg.inner, outer=cfg.outer, certify_every=cfg.certify_every,
             callback=callback, pretrain_progress=progress, resume=resume,
-            checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+            checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, metrics_every=cfg.metrics_every,
+            metrics_tail=cfg.metrics_tail,
         )
     close()
     shown.close()

@@ -184,7 +184,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
         certify_every: int = 1, callback: Callable[[OuterRecord], None] | None = None,
         pretrain_progress: Callable[[int, float], None] | None = None,
         resume: dict[str, Any] | None = None, checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        checkpoint_every: int = 0) -> RunResult:
+        checkpoint_every: int = 0, metrics_every: int = 1, metrics_tail: int = 0) -> RunResult:
     """Algorithm 1. ``callback`` receives one record per outer step (logging, run files).
 
     ``checkpoint`` receives a snapshot (see ``snapshot``) after pretraining, every
@@ -192,6 +192,8 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     (Ctrl-C), diverges or loses its curvature worker, the snapshot of the last completed step, which is still good.
     ``resume`` is such a snapshot: the run continues from it to the same numbers as an
     uninterrupted run (the returned history then holds only the new steps).
+    ``problem.metrics`` is evaluated every ``metrics_every`` outer steps, at the first and the
+    last, and at each of the last ``metrics_tail`` (the records in between carry no metrics).
     """
     v = problem.v0.detach().clone().requires_grad_(True)
     outer_opt = make_outer(outer.optimizer, v, outer.lr, outer.clip, outer.steps, outer.options)
@@ -236,7 +238,9 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
     history: list[OuterRecord] = []
     try:
         for k in range(first, outer.steps):
-            record = _outer_step(problem, estimator, state, v, outer_opt, k, inner, outer, certify_every, start, factors)
+            evaluate = k == 0 or (k + 1) % metrics_every == 0 or k >= outer.steps - max(metrics_tail, 1)
+            record = _outer_step(problem, estimator, state, v, outer_opt, k, inner, outer, certify_every, start,
+                                 factors, evaluate)
             history.append(record)
             if callback is not None:
                 callback(record)
@@ -252,7 +256,7 @@ def run(problem: BilevelProblem, estimator: Estimator, *, pretrain: PretrainCfg,
 
 def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState, v: Tensor,
                 outer_opt: Outer, k: int, inner: InnerCfg, outer: OuterCfg, certify_every: int,
-                start: float, factors: Factorisation | None = None) -> OuterRecord:
+                start: float, factors: Factorisation | None = None, evaluate: bool = True) -> OuterRecord:
     """T inner steps feeding the estimator, the hypergradient, one outer step, the record.
 
     A guarded outer optimiser (lbfgs, gn) first judges its last trial by the PINN's outer
@@ -287,7 +291,7 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
         if not outer_opt.check(f_trial, v, state):
             return _record(problem, state, v, v_fixed, k, outer, certify_every, start, f_trial, 0.0,
                            t_inner, t_curv, time.perf_counter() - t0,
-                           {"outer_rejected": 1.0, "inner_steps": float(len(losses)), **polish_info})
+                           {"outer_rejected": 1.0, "inner_steps": float(len(losses)), **polish_info}, evaluate=evaluate)
     result = estimator.hypergradient(problem, state.theta.detach(), v_fixed, state.step)
     if result.theta_step is not None:  # a method that also moves θ (nbo/nsbo: the shared Newton step)
         with torch.no_grad():
@@ -306,11 +310,14 @@ def _outer_step(problem: BilevelProblem, estimator: Estimator, state: InnerState
     ctx = OuterContext(problem, state, v_fixed, h.detach(), outer_loss, ihvp, predict=outer.predict)
     hinfo = dict(result.diagnostics)
     hinfo.update(outer_opt.step(v, ctx))
+    if problem.project_v is not None:
+        with torch.no_grad():
+            problem.project_v(v)
     t_outer = time.perf_counter() - t0
     hinfo["inner_steps"] = float(len(losses))
     hinfo.update(polish_info)
     return _record(problem, state, v, v_fixed, k, outer, certify_every, start, outer_loss, hnorm, t_inner, t_curv,
-                   t_hyper, hinfo, t_outer)
+                   t_hyper, hinfo, t_outer, evaluate)
 
 
 def settled(losses: list[float], tol: float, window: int) -> bool:
@@ -330,11 +337,11 @@ def inner_budget(inner: InnerCfg, k: int) -> int:
 
 def _record(problem: BilevelProblem, state: InnerState, v: Tensor, v_fixed: Tensor, k: int, outer: OuterCfg,
             certify_every: int, start: float, outer_loss: float, hnorm: float, t_inner: float, t_curv: float,
-            t_hyper: float, info: dict[str, Any], t_outer: float = 0.0) -> OuterRecord:
+            t_hyper: float, info: dict[str, Any], t_outer: float = 0.0, evaluate: bool = True) -> OuterRecord:
     certified = {}
     if problem.certify is not None and certify_every > 0 and ((k + 1) % certify_every == 0 or k == outer.steps - 1):
         certified = problem.certify(v.detach())
-    metrics = problem.metrics(state.theta.detach(), v.detach()) if problem.metrics is not None else {}
+    metrics = problem.metrics(state.theta.detach(), v.detach()) if problem.metrics is not None and evaluate else {}
     return OuterRecord(
         step=k,
         outer_loss=outer_loss,

@@ -85,6 +85,12 @@ class LinearSoftmax:
         with torch.no_grad():
             return float((self.logits(theta, x).argmax(1) == y).double().mean())
 
+    def test_metrics(self, theta: Tensor, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Accuracy and mean NLL from one pass over the logits."""
+        with torch.no_grad():
+            z = self.logits(theta, x)
+            return {"test_accuracy": float((z.argmax(1) == y).double().mean()), "test_loss": float(F.cross_entropy(z, y))}
+
 
 def _minibatch(n: int, size: int | None, step: int, seed: int, device: torch.device) -> Tensor | None:
     """Indices of the minibatch for a global sample id (None: the full set); drawn on the CPU
@@ -98,9 +104,11 @@ def _minibatch(n: int, size: int | None, step: int, seed: int, device: torch.dev
 def cleaning_problem(x_tr: Tensor, y_tr: Tensor, x_val: Tensor, y_val: Tensor, *, lam: float = 1e-4,
                      batch_size: int | None = 1024, x_test: Tensor | None = None, y_test: Tensor | None = None,
                      v0: float = 0.5, seed: int = 0, name: str = "data_cleaning", info: dict | None = None,
-                     classes: int | None = None) -> BilevelProblem:
+                     classes: int | None = None, project: bool = False) -> BilevelProblem:
     """Hyper-data cleaning: per-sample weights σ(v_i) = clip(v_i, 0, 1) inside, clean validation NLL outside.
 
+    ``project``: v is put back onto [0, 1] after each outer step (BOME's clamp of w); without it a
+    v_i that leaves [0, 1] has zero gradient through the clip and keeps its weight 0 or 1 for good.
     Everything lives on the device of ``x_tr`` (the problem file places the data)."""
     classes = classes or int(max(y_tr.max(), y_val.max())) + 1
     model = LinearSoftmax(classes, x_tr.shape[1], lam)
@@ -121,9 +129,7 @@ def cleaning_problem(x_tr: Tensor, y_tr: Tensor, x_val: Tensor, y_val: Tensor, *
     def metrics(theta: Tensor, v: Tensor) -> dict[str, float]:
         out = {"val_accuracy": model.accuracy(theta, x_val, y_val)}
         if x_test is not None:
-            out["test_accuracy"] = model.accuracy(theta, x_test, y_test)
-            with torch.no_grad():
-                out["test_loss"] = float(F.cross_entropy(model.logits(theta, x_test), y_test))
+            out.update(model.test_metrics(theta, x_test, y_test))
         return out
 
     return BilevelProblem(
@@ -135,7 +141,7 @@ def cleaning_problem(x_tr: Tensor, y_tr: Tensor, x_val: Tensor, y_val: Tensor, *
         jacobian_rows=lambda theta, v, b: model.jacobian_rows(theta, b["x"], weights(v, b["idx"])),
         kfac_factors=lambda theta, v, b: model.kfac(theta, b["x"], weights(v, b["idx"])),
         layer_shapes=[(model.classes, model.dim)], metrics=metrics, info={"lambda": lam, **(info or {})},
-        aligned_batch=True,
+        aligned_batch=True, project_v=(lambda v: v.clamp_(0.0, 1.0)) if project else None,
     )
 
 
@@ -164,9 +170,7 @@ def distillation_problem(x_real: Tensor, y_real: Tensor, x_test: Tensor, y_test:
         return v.view(n_syn, -1)[idx]
 
     def metrics(theta: Tensor, v: Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            return {"test_accuracy": model.accuracy(theta, x_test, y_test),
-                    "test_loss": float(F.cross_entropy(model.logits(theta, x_test), y_test))}
+        return model.test_metrics(theta, x_test, y_test)
 
     full = {"y": y_syn, "idx": all_idx}
 

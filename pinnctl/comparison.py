@@ -73,19 +73,39 @@ def table_rows(runs: list[Run], j_star: float | None, target: float = 1.05) -> l
             "best_J_over_Jstar": best / j_star if best is not None and j_star else None,
             "time_per_outer_step_s": (last["wall_time"] - run.history[0]["wall_time"]) / (steps - 1) if steps > 1 else None,
             f"time_to_{target:g}Jstar_s": time_to_target(run, j_star, target) if j_star else None,
+            "test_accuracy_last50": _last50(run, "test_accuracy"),
         })
     return rows
+
+
+def _last50(run: Run, metric: str) -> float | None:
+    """Mean of a problem metric over the last 50 outer steps (the classification papers' figure)."""
+    vals = [r["metrics"][metric] for r in run.history[-50:] if metric in (r.get("metrics") or {})]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _accuracy(run: Run) -> list[tuple[float, float]]:
+    return [(r["wall_time"], r["metrics"]["test_accuracy"]) for r in run.history if "test_accuracy" in (r.get("metrics") or {})]
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    """Run labels, with the folder name added where two runs would share one (neumann10 and neumann40)."""
+    names = [r.label for r in runs]
+    return [f"{n} ({r.path.name})" if names.count(n) > 1 else n for n, r in zip(names, runs)]
 
 
 def format_table(rows: list[dict[str, Any]], target: float = 1.05) -> str:
     key = f"time_to_{target:g}Jstar_s"
     head = f"{'run':<18} {'steps':>5} {'J_pinn':>10} {'J_cert':>10} {'J/J*':>7} {'best J/J*':>9} {'wall s':>8} {'s/step':>7} {'t(≤' + format(target, 'g') + 'J*) s':>12}"
+    accuracy = any(r.get("test_accuracy_last50") is not None for r in rows)
+    head += f" {'acc(last50)':>11}" if accuracy else ""
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['run']:<18} {r['outer_steps']:>5} {_f(r['final_J_pinn'], '.3e'):>10} {_f(r['certified_J'], '.3e'):>10} "
             f"{_f(r['J_over_Jstar'], '.3f'):>7} {_f(r['best_J_over_Jstar'], '.3f'):>9} {_f(r['wall_time_s'], '.0f'):>8} "
-            f"{_f(r['time_per_outer_step_s'], '.2f'):>7} {_f(r[key], '.0f') if r[key] is not None else 'never':>12}")
+            f"{_f(r['time_per_outer_step_s'], '.2f'):>7} {_f(r[key], '.0f') if r[key] is not None else 'never':>12}"
+            + (f" {_f(r.get('test_accuracy_last50'), '.4f'):>11}" if accuracy else ""))
     return "\n".join(lines)
 
 
@@ -114,20 +134,28 @@ def plot(runs: list[Run], optimum: Any | None, out: Path) -> Path:
 
     fig = Figure(figsize=(12, 4.5))
     ax1, ax2 = fig.subplots(1, 2)
-    for run in runs:
+    classification = not any(run.control for run in runs) and any(_accuracy(run) for run in runs)
+    for run, label in zip(runs, _labels(runs)):
         t = [r["wall_time"] for r in run.history]
-        line, = ax1.semilogy(t, [r["outer_loss"] for r in run.history], lw=0.8, alpha=0.6, label=f"{run.label} PINN J")
+        kind = "outer loss" if classification else "PINN J"
+        line, = ax1.semilogy(t, [r["outer_loss"] for r in run.history], lw=0.8, alpha=0.6, label=f"{label} {kind}")
         cert = [(r["wall_time"], c) for r in run.history if (c := _certified(r, run.measure)) is not None]
         if cert:
-            ax1.semilogy(*zip(*cert), color=line.get_color(), lw=1.8, label=f"{run.label} certified J")
+            ax1.semilogy(*zip(*cert), color=line.get_color(), lw=1.8, label=f"{label} certified J")
         if run.control:
-            ax2.plot(run.control["t"], run.control["f"], color=line.get_color(), label=run.label)
+            ax2.plot(run.control["t"], run.control["f"], color=line.get_color(), label=label)
+        elif classification and _accuracy(run):  # the classification papers' figure: test accuracy against time
+            ax2.plot(*zip(*_accuracy(run)), color=line.get_color(), lw=1.2, label=label)
     if optimum is not None:
         ax1.axhline(optimum.J, color="k", ls="--", lw=1, label="J* (exact)")
         ax2.plot(optimum.t, optimum.f, "k--", lw=1.5, label="f* (exact)")
     measure = runs[0].measure if runs else "grid"
-    ax1.set(xlabel="wall-clock [s]", ylabel=f"objective ({measure} measure)", title="objective vs wall-clock")
-    ax2.set(xlabel="t", ylabel="f(t)", title="control")
+    if classification:
+        ax1.set(xlabel="wall-clock [s]", ylabel="outer loss (validation NLL)", title="outer loss vs wall-clock")
+        ax2.set(xlabel="wall-clock [s]", ylabel="test accuracy", title="test accuracy vs wall-clock")
+    else:
+        ax1.set(xlabel="wall-clock [s]", ylabel=f"objective ({measure} measure)", title="objective vs wall-clock")
+        ax2.set(xlabel="t", ylabel="f(t)", title="control")
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -49,6 +49,10 @@ class BilevelProblem:
     # True when every tensor of a batch is a row of one sample set (classification: x, y, idx of the
     # same samples), so a subset must take the same rows of each; False: separate point sets (PDE conditions)
     aligned_batch: bool = False
+    # in-place projection of v onto its feasible set after each outer step (None: v is unconstrained);
+    # data cleaning's ``weights=project`` keeps v in [0, 1] as BOME does, so no weight leaves the range
+    # where the clip σ(v) = clip(v, 0, 1) passes a gradient
+    project_v: Callable[[Tensor], None] | None = None
 
     def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
         return sum(self.inner_terms(theta, v, batch).values())

@@ -21,7 +21,7 @@ def paper_rows(per_class: int, lam: float) -> dict:
             "cg40": paper_row("cg", 0.001, 0.001, maxiter=40),
         }
     return {
-        "nhgd": paper_row("nhgd", 1.0, 0.5, curvature="efim", beta=0.99, M=5, efim_floor=2 * lam),
+        "nhgd": paper_row("nhgd", 1.0, 0.5, curvature="efim", beta=0.99, M=5, efim_floor=2 * lam, efim_max_rows=500),
         "stocbio": paper_row("stocbio", 1.0, 1.0, terms=10, eta=0.01, batch=5, mu=1e-4),
         "amigo": paper_row("amigo", 0.001, 1.0, terms=10, eta=1.0),
         "ttsa": paper_row("ttsa", 1.0, 0.1, terms=10),
@@ -61,7 +61,8 @@ def make(dataset: str = "fashion-mnist", per_class: int = 5, lam: float = 1 / 15
         params={"dataset": dataset, "per_class": per_class, "lam": lam, "batch_size": batch_size},
         # our NHGD setup: inner η = 1.0 (full batch on the synthetic set), outer Adam α = 0.01
         defaults={"pretrain.steps": 0, "inner.steps": 10, "inner.lr": 1.0, "inner.optimizer": "sgd",
-                  "outer.optimizer": "adam", "outer.lr": 0.01, "outer.clip": 0.0, "certify_every": 0},
+                  "outer.optimizer": "adam", "outer.lr": 0.01, "outer.clip": 0.0, "certify_every": 0,
+                  "metrics_every": 10},
         # paper: the per-method outer steps α of Tables 3–4 are plain SGD steps (SOBA's α = 1.9 is no Adam rate)
         preset_defaults={"quick": {"outer.steps": 300}, "smoke": {"outer.steps": 2},
                          "paper": {"outer.steps": 500, "inner.steps": paper_inner, "outer.optimizer": "sgd"}},

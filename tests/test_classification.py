@@ -287,3 +287,73 @@ def test_paper_rows_and_label_noise():
     x = np.random.default_rng(0).random((50, 784)).astype(np.float32)
     xs, = standardise(x, reference=x)
     assert abs(xs.mean()) < 1e-5 and abs(xs.std() - 1) < 1e-3
+
+
+def test_efim_row_cap_keeps_the_newest_rows():
+    """efim_max_rows = r: A = (max(β^t λ₀, floor)·I + Σ over the newest r of (1−β) β^{t−1−i} g_i g_iᵀ)⁻¹,
+    checked against the dense inverse of that sum; without a cap every row counts."""
+    p, beta, floor = 12, 0.9, 0.05
+    gen = torch.Generator().manual_seed(3)
+    gs = [torch.randn(p, dtype=torch.float64, generator=gen) for _ in range(9)]
+    b = torch.randn(p, dtype=torch.float64, generator=gen)
+
+    def dense(newest: int) -> torch.Tensor:
+        t = len(gs)
+        F = max(beta**t, floor) * torch.eye(p, dtype=torch.float64)
+        for i in range(t - newest, t):
+            F = F + (1 - beta) * beta ** (t - 1 - i) * torch.outer(gs[i], gs[i])
+        return torch.linalg.solve(F, b)
+
+    for cap, newest in ((4, 4), (0, len(gs))):
+        est = make_method("nhgd", {"curvature": "efim", "beta": beta, "efim_floor": floor, "efim_max_rows": cap})
+        for g in gs:
+            est.observe({"g": g})
+        assert len(est.curvature.rows) == newest
+        torch.testing.assert_close(est.curvature.solve(b), dense(newest), rtol=1e-10, atol=1e-12)
+    with pytest.raises(PinnctlError, match="efim_max_rows"):
+        make_method("nhgd", {"curvature": "efim", "efim_max_rows": -1})
+
+
+def test_metrics_every_and_tail():
+    """Metrics on steps 0, every 4th, and each of the last 3; the run's numbers do not depend on it."""
+    from pinnctl.bilevel import run
+    from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
+
+    prob = logistic_cleaning(n_train=60, n_val=30, lam=1e-2)
+    prob.metrics = lambda theta, v: {"test_accuracy": float(theta.sum())}
+
+    def go(every: int, tail: int):
+        est = make_method("nhgd", {"curvature": "efim", "beta": 0.8, "efim_floor": 0.02, "M": 1})
+        return run(prob, est, pretrain=PretrainCfg(steps=0), inner=InnerCfg(steps=3, lr=0.1, optimizer="sgd"),
+                   outer=OuterCfg(steps=10, lr=0.1, optimizer="sgd", clip=0.0), certify_every=0,
+                   metrics_every=every, metrics_tail=tail).history
+
+    sparse, dense = go(4, 3), go(1, 0)
+    assert [r.step for r in sparse if r.metrics] == [0, 3, 7, 8, 9]
+    assert [r.outer_loss for r in sparse] == [r.outer_loss for r in dense]
+    assert [r.metrics for r in sparse if r.metrics] == [dense[k].metrics for k in (0, 3, 7, 8, 9)]
+
+
+def test_cleaning_weights_project_clamps_v_after_the_outer_step():
+    """``project``: after one outer step v is the clamp to [0, 1] of the free step (same hypergradient)."""
+    from pinnctl.bilevel import run
+    from pinnctl.classification import cleaning_problem
+    from pinnctl.config import InnerCfg, OuterCfg, PretrainCfg
+
+    base = logistic_cleaning(n_train=60, n_val=30, lam=1e-2)
+    b = base.full_batch()
+    val_x, val_y = torch.randn(30, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2)), b["y"][:30]
+
+    def one_step(project: bool) -> torch.Tensor:
+        prob = cleaning_problem(b["x"], b["y"], val_x, val_y, lam=1e-2, batch_size=None, project=project, classes=3)
+        est = make_method("nhgd", {"curvature": "efim", "beta": 0.8, "efim_floor": 0.02, "M": 1})
+        return run(prob, est, pretrain=PretrainCfg(steps=0), inner=InnerCfg(steps=3, lr=0.5, optimizer="sgd"),
+                   outer=OuterCfg(steps=1, lr=50.0, optimizer="sgd", clip=0.0), certify_every=0).v
+
+    free, projected = one_step(False), one_step(True)
+    assert ((free < 0) | (free > 1)).sum() >= 5  # the step leaves [0, 1] somewhere
+    torch.testing.assert_close(projected, free.clamp(0.0, 1.0), rtol=0, atol=0)
+    from pinnctl.discovery import discover
+
+    with pytest.raises(PinnctlError, match="unknown weights"):
+        discover().get("data_cleaning").build(weights="clamp")

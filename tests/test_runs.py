@@ -204,3 +204,26 @@ def test_compare_reads_the_runs_own_measure_and_legacy_files(tmp_path):
     old = comparison.load_run(tmp_path / "legacy")
     assert (old.j_star, old.measure) == (8.0, "grid")
     assert comparison.table_rows([old], old.j_star)[0]["J_over_Jstar"] == pytest.approx(9.0 / 8.0)
+
+
+def test_compare_classification_runs_plots_accuracy_and_last50(tmp_path):
+    """Runs without a control but with test accuracy (classification): the table's last-50 mean
+    skips steps without metrics, the figure's second panel is accuracy against wall-clock, and two
+    runs of one method are told apart by their folder names."""
+    import math
+
+    from pinnctl import api, comparison, runs
+
+    steps = 60
+    acc = [0.5 + 0.005 * k if k % 10 == 9 or k >= steps - 50 else math.nan for k in range(steps)]
+    hist = {"step": list(range(steps)), "outer_loss": [2.0 / (1 + k) for k in range(steps)],
+            "wall_time": [0.1 * k for k in range(steps)], "metrics/test_accuracy": acc}
+    for name in ("neumann10", "neumann40"):
+        (tmp_path / name).mkdir()
+        runs.rebuild(tmp_path / name, config={"problem": "data_cleaning", "method": {"name": "neumann"}}, history=hist)
+    loaded = [comparison.load_run(tmp_path / n) for n in ("neumann10", "neumann40")]
+    row = comparison.table_rows(loaded, None)[0]
+    assert row["test_accuracy_last50"] == pytest.approx(sum(0.5 + 0.005 * k for k in range(10, 60)) / 50)
+    assert comparison._labels(loaded) == ["neumann (neumann10)", "neumann (neumann40)"]
+    result = api.compare([tmp_path / "neumann10", tmp_path / "neumann40"], out=tmp_path / "cmp.png")
+    assert "acc(last50)" in result.table and (tmp_path / "cmp.png").stat().st_size > 20_000

@@ -63,6 +63,10 @@ class CurvatureOptions:
     # directions no recent gradient spans); e.g. 2λ, the exact Hessian of a λ‖θ‖² regulariser
     efim_floor: float = 0.0
     efim_dense_max: int = 2048  # above this dim θ the (identical) low-rank form is cheaper than p² memory
+    # low-rank form: keep at most this many (the newest) gradient rows; 0 = every row whose weight is above
+    # 1e-12 of the newest. β = 0.99 keeps ~2 750 rows, and each solve then forms a 2 750² Gram from
+    # 7 850-long rows (seconds per outer step); docs/classification.md measures the cap's effect
+    efim_max_rows: int = 0
     gn_rows: int = 256
     gn_window: int = 8
 
@@ -97,7 +101,10 @@ class EFIM:
             self.scale *= beta
             self.row_weights = [w * beta for w in self.row_weights] + [1.0 - beta]
             self.rows.append(g)
-            keep = [i for i, w in enumerate(self.row_weights) if w > 1e-12 * max(self.row_weights) > 0]
+            cut = 1e-12 * max(self.row_weights)  # once, not per row: β = 0.99 keeps thousands of rows
+            keep = [i for i, w in enumerate(self.row_weights) if w > cut > 0]
+            if self.opts.efim_max_rows > 0:
+                keep = keep[-self.opts.efim_max_rows:]
             self.rows = [self.rows[i] for i in keep]
             self.row_weights = [self.row_weights[i] for i in keep]
             return

@@ -64,6 +64,8 @@ class NHGD:
                 raise PinnctlError("nhgd beta=0 with curvature=efim needs efim_floor > 0 (else A = (g gᵀ)⁻¹ is singular)")
             if self.refine_batch not in ("full", "last"):
                 raise PinnctlError(f"unknown refine_batch '{self.refine_batch}'; known: full, last")
+            if self.efim_max_rows < 0:
+                raise PinnctlError(f"nhgd efim_max_rows must be ≥ 0 (0 = no cap), got {self.efim_max_rows}")
             if self.damping <= 0 or self.M < 1 or self.every < 1:
                 raise PinnctlError("nhgd damping must be > 0, M ≥ 1 and every ≥ 1")
 
