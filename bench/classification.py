@@ -215,7 +215,9 @@ def markdown(table: list[dict]) -> str:
             (lo, ls), (ac, as_) = t["outer_loss"], t["test_accuracy"]
             dl = f"{t['diff_loss']:+.4f}" if "diff_loss" in t else "—"
             da = f"{t['diff_acc']:+.4f}" if "diff_acc" in t else "—"
-            lines.append(f"| {t['row']} | {paper} | {lo:.4f} ± {ls:.4f} | {ac:.4f} ± {as_:.4f} | {dl} | {da} | "
+            many = len(t["seeds"]) > 1  # a spread only where there are seeds to spread over
+            lo_s, ac_s = (f"{lo:.4f} ± {ls:.4f}", f"{ac:.4f} ± {as_:.4f}") if many else (f"{lo:.4f}", f"{ac:.4f}")
+            lines.append(f"| {t['row']} | {paper} | {lo_s} | {ac_s} | {dl} | {da} | "
                          f"{','.join(map(str, t['seeds']))} | {t['budget']} | {t['drift']:.4f} | {t['cpu_s']:.0f} | {t['wall_s']:.0f} ({t['load']:.1f}) |")
     return "\n".join(lines)
 
