@@ -91,6 +91,13 @@ def check_ihvp(kind: str, damping: float, polish: int = 0) -> None:
                            "(and outer.optimizer=gn), or inner.polish=0")
 
 
+def require_residuals(problem: BilevelProblem) -> None:
+    """The Woodbury factorisation is built from the inner loss's residual rows: a one-line error without them."""
+    if problem.residuals is None:
+        raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' has none "
+                           "(use outer.ihvp=method)")
+
+
 class Factorisation:
     """The Woodbury factorisation of the full-batch inner Gauss–Newton at an anchor (θ, v), built on
     first use and kept until ``reset``: the gn step's IHVPs and the inner loop's Gauss–Newton polish
@@ -113,9 +120,7 @@ class Factorisation:
         if self.theta is None:
             raise RuntimeError("Factorisation.inverse before reset")
         if self._inverse is None:
-            if problem.residuals is None:
-                raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' "
-                                   "has none (use outer.ihvp=method)")
+            require_residuals(problem)
             from .hypergrad.autodiff import jacobian_rows
             from .hypergrad.linalg import WoodburyInverse
 
@@ -138,9 +143,7 @@ class Factorisation:
 def woodbury_ihvp(problem: BilevelProblem, theta: Tensor, v: Tensor, damping: float) -> Callable[[Tensor], Tensor]:
     """b ↦ (G + λI)⁻¹b with G the full-batch Gauss–Newton at (θ, v), factored on first use (a
     rejected trial never pays for it): a linear, symmetric IHVP, so J and Jᵀ of gn are adjoint."""
-    if problem.residuals is None:
-        raise PinnctlError(f"outer.ihvp=woodbury needs a least-squares inner loss; problem '{problem.name}' has none "
-                           "(use outer.ihvp=method)")
+    require_residuals(problem)
     factors = Factorisation(damping)
     factors.reset(theta, v)
     return factors.solver(problem)
