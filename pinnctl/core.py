@@ -54,8 +54,21 @@ class BilevelProblem:
     # where the clip σ(v) = clip(v, 0, 1) passes a gradient
     project_v: Callable[[Tensor], None] | None = None
 
+    # optional closed form of ∇²_θθ ℓ on a batch (classification: two matmuls per product instead of a
+    # double-backward pass); ``hypergrad.autodiff.curvature_operator`` uses it when present
+    hessian_operator: Callable[[Tensor, Tensor, Batch], "HessianOperator"] | None = None
+
     def inner_loss(self, theta: Tensor, v: Tensor, batch: Batch) -> Tensor:
         return sum(self.inner_terms(theta, v, batch).values())
+
+
+@dataclass
+class HessianOperator:
+    """A problem's own Hessian of ℓ on one batch: x ↦ H x, ∇_θ ℓ (formed on first call) and ℓ, in θ's dtype."""
+
+    matvec: Callable[[Tensor], Tensor]
+    gradient: Callable[[], Tensor]
+    loss: float
 
 
 @dataclass

@@ -8,8 +8,8 @@ graph or the Gauss–Newton product; ``hvp`` and ``gn_matvec`` are its one-off f
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -56,16 +56,19 @@ def cross_jvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w
 MATRICES = ("hessian", "gn")
 
 
-@dataclass
 class CurvatureOperator:
     """x ↦ C x (float64 in and out) for C = H = ∇²_θθ ℓ or the Gauss–Newton G = JᵀJ on one
-    batch, every product against the graph built once; with ∇_θ ℓ and ℓ of that batch.
+    batch, every product against the graph built once; with ∇_θ ℓ (float64, formed on first use:
+    the stochastic baselines take one product per fresh batch and never ask) and ℓ of that batch.
     ``counter["hvp"]`` counts products, ``counter["backward"]`` backward passes."""
 
-    matvec: Callable[[Tensor], Tensor]
-    grad: Tensor  # ∇_θ ℓ, float64
-    loss: float
-    counter: dict[str, int]
+    def __init__(self, matvec: Callable[[Tensor], Tensor], gradient: Callable[[], Tensor], loss: float,
+                 counter: dict[str, int]) -> None:
+        self.matvec, self._gradient, self.loss, self.counter = matvec, gradient, loss, counter
+
+    @functools.cached_property
+    def grad(self) -> Tensor:
+        return self._gradient().detach().double()
 
 
 def curvature_operator(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, matrix: str = "hessian",
@@ -77,6 +80,14 @@ def curvature_operator(problem: BilevelProblem, theta: Tensor, v: Tensor, batch:
     """
     counter = {"hvp": 0, "backward": 0}
     v = v.detach()
+    if matrix == "hessian" and tensor_sizes is None and problem.hessian_operator is not None:
+        own = problem.hessian_operator(theta.detach(), v, batch)  # the problem's closed form
+
+        def matvec_own(x: Tensor) -> Tensor:
+            counter["hvp"] += 1
+            return own.matvec(x).detach().double()
+
+        return CurvatureOperator(matvec_own, own.gradient, own.loss, counter)
     if matrix == "gn":
         def fn(t: Tensor) -> Tensor:
             return scaled_residuals(problem, t, v, batch)
@@ -114,7 +125,7 @@ def curvature_operator(problem: BilevelProblem, theta: Tensor, v: Tensor, batch:
         counter["hvp"] += 1
         return product(x).detach().double()
 
-    return CurvatureOperator(matvec, grad.detach().double(), loss, counter)
+    return CurvatureOperator(matvec, lambda: grad, loss, counter)
 
 
 def hvp(problem: BilevelProblem, theta: Tensor, v: Tensor, batch: Batch, w: Tensor) -> Tensor:
