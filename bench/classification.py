@@ -10,7 +10,8 @@ solved by CG at NHGD's η and α: what any curvature estimate approximates), all
 over the last 50 outer steps (the paper's "last 50 epochs", one epoch = one outer step), with the
 drift against the 50 steps before (how settled), wall-clock, process CPU time and the load average.
 
-    python bench/classification.py run [--runs cleaning:nhgd:0,distill5:nhgd:0,...] [--outer-steps 500]
+    python bench/classification.py run [--seeds 0,1,2] [--jobs 2]      # the whole bench: every paper row
+    python bench/classification.py run --runs cleaning:nhgd:0,distill5:nhgd+project:0,... [--outer-steps 500]
     python bench/classification.py report     # tables (paper, ours, difference) + figures
     python bench/classification.py bounds     # uncleaned / perfectly cleaned classifiers (cleaning)
     python bench/classification.py weights    # the cleaning runs' weights against the true clean mask
@@ -154,21 +155,50 @@ def done_runs() -> list[dict]:
     return [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
 
 
+def bench_specs(seeds: list[int]) -> list[str]:
+    """The whole three-table bench: every paper row of every task at each seed, heaviest first (TTSA's
+    growing series, the n = 100 EFIM row), so two workers finish together."""
+    specs = [f"{task}:{row}:{seed}" for seed in seeds for task in TASKS for row in _problem(task)[2].paper_rows]
+    heavy = ("cleaning:ttsa:", "distill100:ttsa:", "distill100:nhgd:")
+    return sorted(specs, key=lambda s: not s.startswith(heavy))
+
+
+def _run_spec(spec: str, outer_steps: int) -> dict:
+    task, row, seed = spec.split(":")
+    started = time.time()
+    r = run_one(task, row, int(seed), outer_steps)
+    return {**r, "outer_steps_asked": outer_steps, "started": started, "finished": time.time()}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    """Runs not yet in the JSONL, ``--jobs`` at a time (one process each, one thread each)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     have = {(r["task"], r["row"], r["seed"], r["outer_steps_asked"]) for r in done_runs()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for spec in args.runs.split(","):
-        task, row, seed = spec.split(":")
-        key = (task, row, int(seed), args.outer_steps)
-        if key in have:
-            continue
-        r = run_one(task, row, int(seed), args.outer_steps)
-        r["outer_steps_asked"] = args.outer_steps
-        with RUNS_FILE.open("a") as fh:
-            fh.write(json.dumps(r, default=float) + "\n")
-        print(f"{task:<10} {row:<10} seed {seed}: {r['status'][:30]:<8} loss {r['outer_loss'] or float('nan'):.4f} "
-              f"acc {r['test_accuracy'] or float('nan'):.4f} drift {r['drift_test_accuracy'] or 0:+.4f} "
-              f"{r['wall_s']:.0f} s wall {r['cpu_s']:.0f} s cpu load {r['load_start']:.1f}-{r['load_end']:.1f}", flush=True)
+    specs = bench_specs([int(s) for s in args.seeds.split(",")]) if args.runs == "paper" else args.runs.split(",")
+    todo = [s for s in specs if (s.split(":")[0], s.split(":")[1], int(s.split(":")[2]), args.outer_steps) not in have]
+    print(f"{len(todo)} runs to do ({len(specs) - len(todo)} already in {RUNS_FILE.name}), {args.jobs} at a time", flush=True)
+    start = time.perf_counter()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_spec, spec, args.outer_steps) for spec in todo]
+        for fut in as_completed(futures):
+            r = fut.result()
+            with RUNS_FILE.open("a") as fh:
+                fh.write(json.dumps(r, default=float) + "\n")
+            print(f"{r['task']:<10} {r['row']:<10} seed {r['seed']}: {r['status'][:30]:<8} loss {r['outer_loss'] or float('nan'):.4f} "
+                  f"acc {r['test_accuracy'] or float('nan'):.4f} drift {r['drift_test_accuracy'] or 0:+.4f} "
+                  f"{r['wall_s']:.0f} s wall {r['cpu_s']:.0f} s cpu load {r['load_start']:.1f}-{r['load_end']:.1f}", flush=True)
+    print(f"{len(todo)} runs in {(time.perf_counter() - start) / 60:.1f} min wall-clock, {args.jobs} jobs", flush=True)
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -317,7 +347,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--runs", default=",".join(f"{t}:nhgd:0" for t in TASKS))
+    r.add_argument("--runs", default="paper", help="task:row:seed,... or 'paper' (every paper row at --seeds)")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs side by side (one process each)")
     r.add_argument("--outer-steps", type=int, default=DEFAULT_STEPS)
     sub.add_parser("report")
     sub.add_parser("weights")

@@ -43,7 +43,7 @@ PAPER_RESULTS = {
 
 
 def make(dataset: str = "fashion-mnist", per_class: int = 5, lam: float = 1 / 15680, outer_batch: int = 0,
-         batch_size: int = 0, data_dir: str = "") -> ClassificationProblem:
+         batch_size: int = 0, data_dir: str = "", init: str = "real") -> ClassificationProblem:
     def build(seed: int, device: str = "cpu"):
         x, y = load(dataset, "train", data_dir or None)
         x_test, y_test = load(dataset, "test", data_dir or None)
@@ -53,12 +53,12 @@ def make(dataset: str = "fashion-mnist", per_class: int = 5, lam: float = 1 / 15
         # the paper's n = 100 setup draws minibatches of D = 128 synthetic images; n = 5 is full batch
         d = batch_size or (128 if per_class == 100 else 0)
         return distillation_problem(t(x), t(y), t(x_test), t(y_test), per_class=per_class, lam=lam,
-                                    outer_batch=outer_batch or None, batch_size=d or None, seed=seed)
+                                    outer_batch=outer_batch or None, batch_size=d or None, seed=seed, init=init)
 
     paper_inner = 30 if per_class == 100 else 10
     return ClassificationProblem(
         name="distillation", description=__doc__, build=build,
-        params={"dataset": dataset, "per_class": per_class, "lam": lam, "batch_size": batch_size},
+        params={"dataset": dataset, "per_class": per_class, "lam": lam, "batch_size": batch_size, "init": init},
         # our NHGD setup: inner η = 1.0 (full batch on the synthetic set), outer Adam α = 0.01
         defaults={"pretrain.steps": 0, "inner.steps": 10, "inner.lr": 1.0, "inner.optimizer": "sgd",
                   "outer.optimizer": "adam", "outer.lr": 0.01, "outer.clip": 0.0, "certify_every": 0,
