@@ -274,8 +274,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     md = markdown(table)
     print(md)
     total_cpu, total_wall = sum(r["cpu_s"] for r in rows), sum(r["wall_s"] for r in rows)
-    print(f"\n{len(rows)} runs: {total_cpu / 60:.1f} min CPU, {total_wall / 60:.1f} min wall-clock")
-    path = write_result("classification", {"table": table, "markdown": md, "cpu_s": total_cpu, "wall_s": total_wall})
+    print(f"\n{len(rows)} runs: {total_cpu / 60:.1f} min CPU, {total_wall / 60:.1f} min wall-clock summed over runs")
+    timed = [r for r in rows if "started" in r]
+    span = (max(r["finished"] for r in timed) - min(r["started"] for r in timed)) if timed else None
+    if span is not None:  # what the bench took on this machine, the runs side by side
+        print(f"first start to last finish: {span / 60:.1f} min ({len(timed)} runs)")
+    path = write_result("classification", {"table": table, "markdown": md, "cpu_s": total_cpu, "wall_s": total_wall,
+                                           "span_s": span})
     for p in figures(rows):
         print("figure", p)
     print("->", path)

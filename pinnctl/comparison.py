@@ -74,6 +74,8 @@ def table_rows(runs: list[Run], j_star: float | None, target: float = 1.05) -> l
             "time_per_outer_step_s": (last["wall_time"] - run.history[0]["wall_time"]) / (steps - 1) if steps > 1 else None,
             f"time_to_{target:g}Jstar_s": time_to_target(run, j_star, target) if j_star else None,
             "test_accuracy_last50": _last50(run, "test_accuracy"),
+            "outer_loss_last50": (sum(r["outer_loss"] for r in run.history[-50:]) / len(run.history[-50:])
+                                  if run.history else None),
         })
     return rows
 
@@ -95,6 +97,17 @@ def _labels(runs: list[Run]) -> list[str]:
 
 
 def format_table(rows: list[dict[str, Any]], target: float = 1.05) -> str:
+    """Runs certified against a reference get J, J/J* and the time to target·J*; runs without one
+    (classification) get the outer loss and the last-50 means of test accuracy and loss instead of
+    J columns that would all read '-'."""
+    if not any(r["certified_J"] is not None for r in rows) and any(r.get("test_accuracy_last50") is not None for r in rows):
+        head = f"{'run':<24} {'steps':>5} {'outer loss':>10} {'loss(last50)':>12} {'acc(last50)':>11} {'wall s':>8} {'s/step':>7}"
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            lines.append(f"{r['run']:<24} {r['outer_steps']:>5} {_f(r['final_J_pinn'], '.4f'):>10} "
+                         f"{_f(r.get('outer_loss_last50'), '.4f'):>12} {_f(r.get('test_accuracy_last50'), '.4f'):>11} "
+                         f"{_f(r['wall_time_s'], '.0f'):>8} {_f(r['time_per_outer_step_s'], '.2f'):>7}")
+        return "\n".join(lines)
     key = f"time_to_{target:g}Jstar_s"
     head = f"{'run':<18} {'steps':>5} {'J_pinn':>10} {'J_cert':>10} {'J/J*':>7} {'best J/J*':>9} {'wall s':>8} {'s/step':>7} {'t(≤' + format(target, 'g') + 'J*) s':>12}"
     accuracy = any(r.get("test_accuracy_last50") is not None for r in rows)

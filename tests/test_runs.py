@@ -227,3 +227,5 @@ def test_compare_classification_runs_plots_accuracy_and_last50(tmp_path):
     assert comparison._labels(loaded) == ["neumann (neumann10)", "neumann (neumann40)"]
     result = api.compare([tmp_path / "neumann10", tmp_path / "neumann40"], out=tmp_path / "cmp.png")
     assert "acc(last50)" in result.table and (tmp_path / "cmp.png").stat().st_size > 20_000
+    assert "J/J*" not in result.table  # no reference: no J columns that would all read '-'
+    assert row["outer_loss_last50"] == pytest.approx(sum(2.0 / (1 + k) for k in range(10, 60)) / 50)
