@@ -59,14 +59,14 @@ def time_to_target(run: Run, j_star: float, target: float) -> float | None:
 
 def table_rows(runs: list[Run], j_star: float | None, target: float = 1.05) -> list[dict[str, Any]]:
     rows = []
-    for run in runs:
+    for run, label in zip(runs, _labels(runs)):
         last = run.history[-1] if run.history else {}
         certified = [c for c in (_certified(r, run.measure) for r in run.history) if c is not None]
         jc = certified[-1] if certified else None
         best = min(certified, default=None)
         steps = len(run.history)
         rows.append({
-            "run": run.label, "path": str(run.path), "status": run.status, "outer_steps": steps,
+            "run": label, "path": str(run.path), "status": run.status, "outer_steps": steps,
             "final_J_pinn": last.get("outer_loss"), "certified_J": jc, "best_certified_J": best,
             "J_over_Jstar": jc / j_star if jc is not None and j_star else None,
             "wall_time_s": last.get("wall_time"),
@@ -101,10 +101,10 @@ def format_table(rows: list[dict[str, Any]], target: float = 1.05) -> str:
     (classification) get the outer loss and the last-50 means of test accuracy and loss instead of
     J columns that would all read '-'."""
     if not any(r["certified_J"] is not None for r in rows) and any(r.get("test_accuracy_last50") is not None for r in rows):
-        head = f"{'run':<24} {'steps':>5} {'outer loss':>10} {'loss(last50)':>12} {'acc(last50)':>11} {'wall s':>8} {'s/step':>7}"
+        head = f"{'run':<36} {'steps':>5} {'outer loss':>10} {'loss(last50)':>12} {'acc(last50)':>11} {'wall s':>8} {'s/step':>7}"
         lines = [head, "-" * len(head)]
         for r in rows:
-            lines.append(f"{r['run']:<24} {r['outer_steps']:>5} {_f(r['final_J_pinn'], '.4f'):>10} "
+            lines.append(f"{r['run']:<36} {r['outer_steps']:>5} {_f(r['final_J_pinn'], '.4f'):>10} "
                          f"{_f(r.get('outer_loss_last50'), '.4f'):>12} {_f(r.get('test_accuracy_last50'), '.4f'):>11} "
                          f"{_f(r['wall_time_s'], '.0f'):>8} {_f(r['time_per_outer_step_s'], '.2f'):>7}")
         return "\n".join(lines)

@@ -225,6 +225,7 @@ def test_compare_classification_runs_plots_accuracy_and_last50(tmp_path):
     row = comparison.table_rows(loaded, None)[0]
     assert row["test_accuracy_last50"] == pytest.approx(sum(0.5 + 0.005 * k for k in range(10, 60)) / 50)
     assert comparison._labels(loaded) == ["neumann (neumann10)", "neumann (neumann40)"]
+    assert [r["run"] for r in comparison.table_rows(loaded, None)] == comparison._labels(loaded)  # the table tells them apart too
     result = api.compare([tmp_path / "neumann10", tmp_path / "neumann40"], out=tmp_path / "cmp.png")
     assert "acc(last50)" in result.table and (tmp_path / "cmp.png").stat().st_size > 20_000
     assert "J/J*" not in result.table  # no reference: no J columns that would all read '-'
