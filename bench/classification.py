@@ -187,7 +187,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     todo = [s for s in specs if (s.split(":")[0], s.split(":")[1], int(s.split(":")[2]), args.outer_steps) not in have]
     print(f"{len(todo)} runs to do ({len(specs) - len(todo)} already in {RUNS_FILE.name}), {args.jobs} at a time", flush=True)
     start = time.perf_counter()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    # one thread per worker unless OMP_NUM_THREADS says otherwise: CPU s then read as single-threaded seconds
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(_run_spec, spec, args.outer_steps) for spec in todo]
