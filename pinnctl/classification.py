@@ -178,11 +178,20 @@ def cleaning_problem(x_tr: Tensor, y_tr: Tensor, x_val: Tensor, y_val: Tensor, *
     )
 
 
+# how the synthetic images start: random real images of each class, or N(0, 1)/pixels (jaxopt's example)
+DISTILLATION_INITS = ("real", "noise")
+
+
+def check_distillation_init(init: str) -> None:
+    if init not in DISTILLATION_INITS:
+        raise PinnctlError(f"unknown distillation init '{init}'; known: {', '.join(DISTILLATION_INITS)}")
+
+
 def distillation_problem(x_real: Tensor, y_real: Tensor, x_test: Tensor, y_test: Tensor, *, per_class: int,
                          lam: float, outer_batch: int | None = None, batch_size: int | None = None, seed: int = 0,
                          name: str = "distillation", image_shape: tuple[int, int] = (28, 28),
                          init: str = "real") -> BilevelProblem:
-    """Data distillation: v = per_class synthetic images per class (initialised from real ones);
+    """Data distillation: v = per_class synthetic images per class (``init``: from real ones, or noise);
     inner: the classifier trained on them (minibatches of ``batch_size`` synthetic images, None:
     full batch); outer: NLL on real training data.
     Everything lives on the device of ``x_real``; the random picks are drawn on the CPU."""
@@ -192,12 +201,11 @@ def distillation_problem(x_real: Tensor, y_real: Tensor, x_test: Tensor, y_test:
     g = torch.Generator().manual_seed(seed)
     picks = [torch.nonzero(y_real == c).squeeze(1)[torch.randperm(int((y_real == c).sum()), generator=g, device=g.device)
                                                    [:per_class].to(device)] for c in range(classes)]
+    check_distillation_init(init)
     if init == "real":
         start = x_real[torch.cat(picks)]
-    elif init == "noise":  # jaxopt's dataset-distillation example: N(0, 1)/pixels
+    else:  # noise, as jaxopt's dataset-distillation example: N(0, 1)/pixels
         start = torch.randn(classes * per_class, x_real.shape[1], generator=g).to(device, x_real.dtype) / x_real.shape[1]
-    else:
-        raise PinnctlError(f"unknown distillation init '{init}'; known: real, noise")
     n_syn = classes * per_class
     y_syn = torch.arange(classes, device=device).repeat_interleave(per_class)
     n_real = x_real.shape[0]

@@ -2,8 +2,7 @@
 
 import torch
 
-from pinnctl import PinnctlError
-from pinnctl.classification import ClassificationProblem, paper_row, distillation_problem
+from pinnctl.classification import ClassificationProblem, check_distillation_init, distillation_problem, paper_row
 from pinnctl.data import load
 
 
@@ -43,13 +42,9 @@ PAPER_RESULTS = {
 }
 
 
-INITS = ("real", "noise")  # random real images of each class, or N(0, 1)/pixels (jaxopt's distillation example)
-
-
 def make(dataset: str = "fashion-mnist", per_class: int = 5, lam: float = 1 / 15680, outer_batch: int = 0,
          batch_size: int = 0, data_dir: str = "", init: str = "real") -> ClassificationProblem:
-    if init not in INITS:
-        raise PinnctlError(f"unknown init '{init}'; known: {', '.join(INITS)}")
+    check_distillation_init(init)  # at make, so a wrong --set fails before any data is read
 
     def build(seed: int, device: str = "cpu"):
         x, y = load(dataset, "train", data_dir or None)

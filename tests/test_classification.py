@@ -384,3 +384,16 @@ def test_closed_form_hessian_operator_matches_autograd():
         torch.testing.assert_close(own.grad, auto.grad, rtol=1e-12, atol=1e-14)
         assert own.loss == pytest.approx(auto.loss, rel=1e-13)
         assert own.counter["hvp"] == 3
+
+
+def test_distillation_init_noise_and_unknown_init():
+    """init=noise starts the images at N(0, 1)/pixels (jaxopt's example); a wrong name is a one-line error at make."""
+    from pinnctl.classification import distillation_problem
+    from pinnctl.discovery import discover
+
+    x = torch.rand(40, 16, dtype=torch.float64)
+    y = torch.arange(40) % 4
+    prob = distillation_problem(x, y, x[:8], y[:8], per_class=2, lam=1e-3, init="noise", image_shape=(4, 4))
+    assert prob.v0.shape == (4 * 2 * 16,) and 0 < float(prob.v0.std()) * 16 < 2  # std ≈ 1/16
+    with pytest.raises(PinnctlError, match="unknown distillation init 'zero'; known: real, noise"):
+        discover().get("distillation").build(init="zero")
